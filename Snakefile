@@ -1,0 +1,26 @@
+# Robust, balanced LLM unlearning: data -> base model -> (probe) -> unlearn -> attack -> evaluate -> aggregate.
+# The embedded default (config.yaml) runs offline on 2 CPU cores; presets live in workflow/presets/.
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+# config.yaml is the default; a --configfile given on the command line REPLACES it (no deep merge, so a
+# preset's method grid is never mixed with the default one).
+if not config:
+
+    configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/unlearn.smk"
+include: "workflow/rules/attack.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,325 @@
+"""Helpers shared by the attacks: prompts, forget items, judging + Wilson ASR, hooks, batched log-likelihoods.
+
+Conventions (evaluation.md, general rules): chat-templated prompts are tokenised with
+``add_special_tokens=False``; sampling is seeded per item with ``derive_seed(run_seed, attack, item_id)``;
+continuations are sliced by token ids (done inside ``metrics.generation.generate``).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from ..utils.io import atomic_write_json, read_json
+from ..utils.repro import derive_seed, pick_device, provenance
+
+ATTACK_JSON = "attack.json"
+
+
+# ----------------------------------------------------------------------------------------------- judging
+def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval for k successes out of n (evaluation.md §3); (0, 1) when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_metrics(flags: Sequence[bool], name: str = "asr") -> dict[str, float]:
+    """``{name, name_ci_low, name_ci_high}`` for a list of booleans (empty list → 0 with CI (0, 1))."""
+    n = len(flags)
+    k = int(sum(bool(f) for f in flags))
+    lo, hi = wilson_interval(k, n)
+    return {name: (k / n if n else 0.0), f"{name}_ci_low": lo, f"{name}_ci_high": hi}
+
+
+def answer_match(response: str, aliases: Sequence[str]) -> bool:
+    from ..judges import answer_match as _am  # written by the judges part (evaluation.md §8)
+    return bool(_am(response, list(aliases)))
+
+
+def is_refusal(response: str, variant: str = "substring") -> bool:
+    from ..judges import keyword_refusal
+    return bool(keyword_refusal(response, variant=variant))
+
+
+def prompt_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def item_record(item_id: str, prompt: str, output: str, success: bool | None, metric: str = "asr",
+                split: str = "forget", judge_raw: Any = None, meta: dict | None = None,
+                score: float | None = None) -> dict:
+    """One items.jsonl row (design.md: item_id, split, metric, prompt_hash, output, success|score, judge_raw, meta)."""
+    rec = {"item_id": str(item_id), "split": split, "metric": metric, "prompt_hash": prompt_hash(prompt),
+           "output": output, "judge_raw": judge_raw, "meta": meta or {}}
+    if success is not None:
+        rec["success"] = bool(success)
+    if score is not None:
+        rec["score"] = float(score)
+    return rec
+
+
+def judge_outputs(outputs: Sequence[str], aliases: Sequence[Sequence[str]], refusal_variant: str = "substring"
+                  ) -> tuple[list[bool], list[bool]]:
+    """Answer-match success and keyword refusal per output."""
+    succ = [answer_match(o, a) for o, a in zip(outputs, aliases)]
+    refu = [is_refusal(o, refusal_variant) for o in outputs]
+    return succ, refu
+
+
+# --------------------------------------------------------------------------------------------- bench items
+def item_id_of(item: Any, index: int, prefix: str) -> str:
+    if isinstance(item, dict):
+        meta = item.get("meta") or {}
+        for key in ("id", "item_id"):
+            if item.get(key) is not None:
+                return str(item[key])
+            if isinstance(meta, dict) and meta.get(key) is not None:
+                return str(meta[key])
+    return f"{prefix}-{index}"
+
+
+def aliases_of(bench, item: dict) -> list[str]:
+    """Forgotten answer + aliases of an item, from its ``meta`` via ``bench.aliases`` (data part)."""
+    return [a for a in (bench.aliases(item) or []) if isinstance(a, str) and a.strip()]
+
+
+def forget_qa_items(bench, source: str = "mcq", split: str = "forget") -> list[dict]:
+    """Questions with a known answer, normalised to
+    ``{item_id, question, answer, aliases, choices, answer_idx, raw}``.
+
+    source "mcq": ``bench.mcq(split)`` rows (question, choices, answer index) — every (entity, attribute)
+    pair with an eval-template stem; source "knowmem": ``bench.knowmem(f"{split}_qa")`` (no choices).
+    """
+    out = []
+    if source == "mcq":
+        for i, row in enumerate(bench.mcq(split)):
+            ans = row["choices"][int(row["answer"])]
+            al = aliases_of(bench, row) or [ans]
+            out.append({"item_id": item_id_of(row, i, f"mcq-{split}"), "question": row["question"], "answer": ans,
+                        "aliases": al, "choices": list(row["choices"]), "answer_idx": int(row["answer"]),
+                        "raw": row})
+    elif source == "knowmem":
+        for i, row in enumerate(bench.knowmem(f"{split}_qa")):
+            al = aliases_of(bench, row) or [row["answer"]]
+            out.append({"item_id": item_id_of(row, i, f"knowmem-{split}"), "question": row["question"],
+                        "answer": row["answer"], "aliases": al, "choices": None, "answer_idx": None, "raw": row})
+    else:
+        raise ValueError(f"unknown question source {source!r} (mcq | knowmem)")
+    return out
+
+
+def seeded_subset(items: Sequence[Any], n: int | None, seed: int, tag: str) -> list[Any]:
+    """A seeded sample of n items kept in their original order (all items when n is None/0 or ≥ len)."""
+    import random
+    if not n or n >= len(items):
+        return list(items)
+    order = list(range(len(items)))
+    random.Random(derive_seed(seed, tag)).shuffle(order)
+    return [items[i] for i in sorted(order[:n])]
+
+
+# ------------------------------------------------------------------------------------------------- prompts
+def chat_prompt(tokenizer, messages: Sequence[dict] | str) -> str:
+    """The chat-templated prompt with the generation prompt opened (tokenise with add_special_tokens=False)."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+def encode_plain(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# ---------------------------------------------------------------------------------------------- generation
+def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, do_sample: bool = False,
+                   temperature: float = 1.0, top_p: float = 1.0, seeds: Sequence[int] | None = None,
+                   batch_size: int = 32, add_special_tokens: bool = False) -> list[str]:
+    """Greedy: one batched call. Sampling: one call per prompt with its own seed (per-item seeding, §general
+    rules), so a prompt's sample does not depend on which other prompts share its batch."""
+    from ..metrics.generation import generate
+    from ..models.tokenizer import stop_token_ids
+
+    stops = stop_token_ids(tokenizer)
+    if not prompts:
+        return []
+    if not do_sample:
+        return list(generate(model, tokenizer, list(prompts), max_new_tokens, do_sample=False,
+                             batch_size=batch_size, add_special_tokens=add_special_tokens, stop_ids=stops))
+    seeds = list(seeds) if seeds is not None else [0] * len(prompts)
+    outs = []
+    for p, s in zip(prompts, seeds):
+        outs.extend(generate(model, tokenizer, [p], max_new_tokens, do_sample=True, temperature=temperature,
+                             top_p=top_p, batch_size=1, seed=int(s), add_special_tokens=add_special_tokens,
+                             stop_ids=stops))
+    return outs
+
+
+# ------------------------------------------------------------------------------------------------- hooks
+def decoder_blocks(model) -> torch.nn.ModuleList:
+    """The transformer blocks (Llama/Mistral: ``model.model.layers``)."""
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(inner, "layers"):
+        return inner.layers
+    raise TypeError(f"{type(model).__name__}: cannot find decoder blocks (expected model.model.layers)")
+
+
+def resolve_layer(model, layer: int | None) -> int:
+    """Block index; None → last block; negative counts from the end."""
+    n = len(decoder_blocks(model))
+    if layer is None:
+        return n - 1
+    idx = layer if layer >= 0 else n + layer
+    if not 0 <= idx < n:
+        raise ValueError(f"layer {layer} out of range for a model with {n} blocks")
+    return idx
+
+
+@contextlib.contextmanager
+def block_output_hook(model, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
+    """Replace block ``layer``'s output h by fn(h) while the context is open (tuple outputs handled)."""
+
+    def hook(_mod, _inp, out):
+        if isinstance(out, tuple):
+            return (fn(out[0]),) + tuple(out[1:])
+        return fn(out)
+
+    handle = decoder_blocks(model)[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def capture_block_output(model, layer: int):
+    """Record block ``layer``'s output tensor of the next forward in ``store["h"]``."""
+    store: dict[str, torch.Tensor] = {}
+
+    def fn(h):
+        store["h"] = h
+        return h
+
+    with block_output_hook(model, layer, fn):
+        yield store
+
+
+# ------------------------------------------------------------------------------------- log-likelihoods
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        att[i, : len(r)] = 1
+    return ids.to(device), att.to(device)
+
+
+def continuation_logprobs(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                          pad_id: int, batch_size: int = 64) -> list[tuple[float, int]]:
+    """(Σ log p(continuation | context), #continuation tokens) per pair; right padding, one forward per batch."""
+    out: list[tuple[float, int]] = []
+    dev = model_device(model)
+    for s in range(0, len(contexts), batch_size):
+        ctx, cont = contexts[s:s + batch_size], continuations[s:s + batch_size]
+        rows = [list(c) + list(t) for c, t in zip(ctx, cont)]
+        ids, att = pad_rows(rows, pad_id, dev)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=att).logits.float(), dim=-1)
+        for i, (c, t) in enumerate(zip(ctx, cont)):
+            if not t:
+                out.append((0.0, 0))
+                continue
+            pos = torch.arange(len(c) - 1, len(c) + len(t) - 1, device=dev)
+            tgt = torch.tensor(list(t), device=dev)
+            out.append((float(logp[i, pos, tgt].sum()), len(t)))
+    return out
+
+
+def cloze_accuracy(model, tokenizer, items: Sequence[dict], question_fn: Callable[[str], str] = lambda q: q,
+                   bos: bool = False, batch_size: int = 64) -> tuple[float, list[bool]]:
+    """Cloze MCQ accuracy (evaluation.md §2.2): context "Question: {q}\\nAnswer:", continuation " " + choice;
+    ``question_fn`` lets an attack rewrite the question (e.g. insert an adversarial string)."""
+    ctxs, conts, owners = [], [], []
+    for k, it in enumerate(items):
+        ctx = encode_plain(tokenizer, f"Question: {question_fn(it['question'])}\nAnswer:")
+        if bos and tokenizer.bos_token_id is not None:
+            ctx = [tokenizer.bos_token_id] + ctx
+        for choice in it["choices"]:
+            ctxs.append(ctx)
+            conts.append(encode_plain(tokenizer, " " + choice))
+            owners.append(k)
+    scores = continuation_logprobs(model, ctxs, conts, tokenizer.pad_token_id, batch_size)
+    correct = []
+    pos = 0
+    for it in items:
+        n = len(it["choices"])
+        sums = [scores[pos + j][0] for j in range(n)]
+        pos += n
+        correct.append(int(max(range(n), key=lambda j: sums[j])) == it["answer_idx"])
+    return (sum(correct) / len(correct) if correct else 0.0), correct
+
+
+# -------------------------------------------------------------------------------------------- prepare I/O
+def load_for_attack(model_dir, device: str = "auto", dtype: str = "float32"):
+    from ..models.io import load_model, load_tokenizer
+    dev = pick_device(device)
+    model = load_model(model_dir, dtype=dtype, device=dev)
+    model.eval()
+    return model, load_tokenizer(model_dir)
+
+
+def bench_location(bench) -> str | None:
+    for attr in ("root", "data_dir", "dir", "path_root"):
+        val = getattr(bench, attr, None)
+        if isinstance(val, (str, Path)):
+            return str(val)
+    return None
+
+
+def write_attack_json(out_dir, attack_cls, cfg, seed: int, model_dir, bench, started: float,
+                      result: dict | None = None, **extra: Any) -> dict:
+    """``out_dir/attack.json``: settings, provenance, timing (written last: its presence marks completion)."""
+    doc = {"attack": attack_cls.name, "kind": attack_cls.kind, "params": cfg.to_dict(), "seed": int(seed),
+           "model_dir": str(model_dir) if model_dir is not None else None, "benchmark": bench_location(bench),
+           "timing": {"prepare_s": round(time.time() - started, 3)}, "result": result or {},
+           "provenance": provenance(cfg.to_dict(), seed, attack=attack_cls.name), **extra}
+    atomic_write_json(Path(out_dir) / ATTACK_JSON, doc)
+    return doc
+
+
+def read_attack_json(artefact_dir) -> dict:
+    path = Path(artefact_dir) / ATTACK_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no attack.json (run the attack's prepare step first)")
+    return read_json(path)
+
+
+def config_from_artefact(attack_cls, artefact_dir):
+    doc = read_attack_json(artefact_dir)
+    if doc.get("attack") != attack_cls.name:
+        raise ValueError(f"{artefact_dir}: attack.json is for {doc.get('attack')!r}, not {attack_cls.name!r}")
+    return attack_cls.Config.from_dict(doc["params"]), doc
+
+
+def eval_int(eval_cfg: dict | None, key: str, default: int) -> int:
+    v = (eval_cfg or {}).get(key, default)
+    return int(default if v is None else v)
+
+
+def chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]

@@ -1,0 +1,192 @@
+"""Implementations of the `ru` subcommands (one per rule). Heavy imports stay inside the functions."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..utils.io import atomic_write_json, atomic_write_jsonl, read_json
+from ..utils.repro import configure_threads, pick_device, provenance, seed_everything
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_validate_config(args) -> int:
+    from ..config import load_config, validate_config
+
+    cfg = validate_config(load_config(args.config))
+    from ..config.grid import attack_settings, unlearn_runs
+
+    print(f"{args.config}: valid ({len(unlearn_runs(cfg))} unlearning runs, {len(attack_settings(cfg))} attack settings)")
+    return 0
+
+
+def cmd_prepare_data(args) -> int:
+    from ..data.prepare import prepare_benchmark
+
+    manifest = prepare_benchmark(args.benchmark, Path(args.out))
+    _log(f"prepared {args.benchmark['name']} in {args.out} ({len(manifest.get('files', {}))} files)")
+    return 0
+
+
+def cmd_cache_model(args) -> int:
+    from ..models.cache import cache_model
+
+    configure_threads(args.threads)
+    summary = cache_model(args.model, Path(args.data), Path(args.out), role=args.role,
+                          base_dir=Path(args.base_dir) if args.base_dir else None)
+    _log(json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
+    return 0
+
+
+def _load(model_dir, dtype="float32", device="cpu"):
+    from ..models.io import load_model, load_tokenizer
+
+    return load_model(model_dir, dtype=dtype, device=device), load_tokenizer(model_dir)
+
+
+def cmd_train_probe(args) -> int:
+    from ..data.formats import Benchmark
+    from ..data.unlearning_sets import build_examples
+    from ..methods.probe import train_probe
+
+    configure_threads(args.threads)
+    seed_everything(args.seed)
+    model, tok = _load(args.model_dir)
+    bench = Benchmark(args.data)
+    max_len = int(args.train.get("max_len", 256))
+    forget = build_examples(bench, tok, "forget", args.benchmark.get("forget_source", "raw"), max_len)
+    retain = build_examples(bench, tok, "retain", args.benchmark.get("retain_source", "raw"), max_len)
+    summary = train_probe(model, tok, forget, retain, args.probe, args.seed, Path(args.out))
+    _log(json.dumps(summary, default=str))
+    return 0
+
+
+def cmd_unlearn(args) -> int:
+    from ..data.formats import Benchmark
+    from ..data.unlearning_sets import build_examples
+    from ..methods import run_unlearning
+
+    threads = configure_threads(args.threads)
+    seed_everything(args.seed)
+    device = pick_device(args.device)
+    dtype = args.train.get("dtype", "float32")
+    model, tok = _load(args.model_dir, dtype=dtype, device=str(device))
+    bench = Benchmark(args.data)
+    max_len = int(args.train.get("max_len", 256))
+    forget = build_examples(bench, tok, "forget", args.benchmark.get("forget_source", "raw"), max_len)
+    retain = build_examples(bench, tok, "retain", args.benchmark.get("retain_source", "raw"), max_len)
+    _log(f"unlearn {args.method} {args.settings} seed {args.seed}: {len(forget)} forget / {len(retain)} retain "
+         f"examples, device {device}, {threads} threads")
+    run_unlearning(model, tok, args.method, args.settings, args.train, forget, retain, Path(args.out), args.seed,
+                   checkpoint_dir=Path(args.checkpoint_dir), probe_dir=Path(args.probe_dir) if args.probe_dir else None,
+                   device=str(device))
+    return 0
+
+
+def _run_status(run_json: str | None) -> str:
+    if not run_json or not Path(run_json).is_file():
+        return "ok"
+    return read_json(run_json).get("status", "ok")
+
+
+def cmd_attack(args) -> int:
+    from ..attacks.registry import get_attack
+    from ..data.formats import Benchmark
+
+    configure_threads(args.threads)
+    seed_everything(args.seed)
+    out = Path(args.out)
+    run_json = Path(args.model_dir).parent / "run.json"
+    if _run_status(str(run_json)) != "ok":  # nothing to attack: record why, so the grid goes on
+        atomic_write_json(out / "attack.json", {"status": _run_status(str(run_json)), "attack": args.attack})
+        return 0
+    attack = get_attack(args.attack)
+    attack.prepare(Path(args.model_dir), Benchmark(args.data), args.settings, out, args.seed,
+                   device=str(pick_device(args.device)))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ..data.formats import Benchmark
+    from ..metrics.evaluate import evaluate_model
+
+    configure_threads(args.threads)
+    seed_everything(args.seed)
+    out = Path(args.out)
+    status = _run_status(args.run_json)
+    if status == "ok" and args.artefact_dir and (Path(args.artefact_dir) / "attack.json").is_file():
+        status = read_json(Path(args.artefact_dir) / "attack.json").get("status", "ok")
+    record = {"model": args.model_id, "benchmark": args.benchmark_name, "attack": args.attack,
+              "attack_params": args.attack_params, "metrics": {}, "n_items": {}, "judge": None, "status": status}
+    items: list = []
+    if status == "ok":
+        bench = Benchmark(args.data)
+        device = str(pick_device(args.device))
+        model, tok = _load(args.model_dir, dtype=args.evaluation.get("dtype", "float32"), device=device)
+        reference = None
+        if args.reference:
+            ref = read_json(args.reference)["metrics"]
+            if "privleak_auc" in ref:
+                reference = {"auc_retrain": ref["privleak_auc"], "auc_retrain_minkpp": ref.get("privleak_minkpp_auc")}
+        eval_cfg = dict(args.evaluation)
+        if args.attack == "none" or _attack_kind(args.attack) == "model":
+            metrics, items = evaluate_model(model, tok, bench, eval_cfg, reference=reference)
+        else:
+            from ..attacks.registry import get_attack
+
+            metrics, items = get_attack(args.attack).evaluate(model, tok, bench, Path(args.artefact_dir), eval_cfg,
+                                                              args.seed)
+        record["metrics"] = {k: float(v) for k, v in metrics.items() if v is not None}
+        record["n_items"] = _count_items(items)
+        record["judge"] = {"asr": args.judges.get("asr", "answer_match"),
+                           "refusal": args.judges.get("refusal", "keyword_refusal")}
+    record["provenance"] = provenance({"evaluation": args.evaluation, "attack_settings": args.attack_settings},
+                                      args.seed, device=args.device)
+    atomic_write_jsonl(out / "items.jsonl", items)
+    atomic_write_json(out / "metrics.json", record)
+    _log(f"{args.model_id} [{args.attack} {args.attack_params}] {status}: "
+         + ", ".join(f"{k}={v:.4g}" for k, v in sorted(record["metrics"].items())))
+    return 0
+
+
+def _attack_kind(name: str) -> str:
+    from ..attacks.registry import get_attack
+
+    return get_attack(name).kind
+
+
+def _count_items(items: list) -> dict:
+    counts: dict[str, int] = {}
+    for it in items:
+        key = it.get("metric") or it.get("split") or "items"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def cmd_aggregate(args) -> int:
+    from ..report.collect import collect_results
+    from ..report.figures import write_figures
+    from ..report.tables import write_tables
+    from ..utils.io import atomic_write_text
+
+    df = collect_results(Path(args.bench_dir), args.benchmark_name, expected=args.expected)
+    tables = Path(args.tables_dir)
+    atomic_write_text(tables / "metrics.csv", df.to_csv(index=False))
+    written = write_tables(df, tables)
+    written += write_figures(df, Path(args.figures_dir))
+    _log(f"aggregated {len(df)} rows; wrote {len(written)} tables/figures")
+    return 0
+
+
+def cmd_landscape(args) -> int:
+    from ..data.formats import Benchmark
+    from ..metrics.landscape import loss_landscape_1d
+
+    configure_threads(args.threads)
+    model, tok = _load(args.model_dir)
+    result = loss_landscape_1d(model, tok, Benchmark(args.data), points=args.points, seed=args.seed)
+    atomic_write_json(args.out, result)
+    return 0

@@ -1,0 +1,134 @@
+"""Expand the config grid into jobs and name their output folders.
+
+A LIST value in a method's (or attack's) settings is a grid axis: one job per value, and the value appears
+in the output path as ``key~value``. A scalar is a fixed setting: recorded in run.json, not in the path.
+Keys in a path are sorted, so the same combination always gets the same folder.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+NO_PARAMS = "default"
+
+
+def format_value(v: Any) -> str:
+    """Short, stable text for a parameter value: 1e-4 -> '1e-4', 0.1 -> '0.1', True -> 'true'."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if v == 0 or math.isfinite(v) and 1e-3 <= abs(v) < 1e5:
+            text = f"{v:.10g}"
+        else:
+            mant, exp = f"{v:.6e}".split("e")
+            mant = mant.rstrip("0").rstrip(".")
+            text = f"{mant}e{int(exp)}"
+        return text
+    if v is None:
+        return "none"
+    text = str(v)
+    if any(c in text for c in "/~_ \t\n") or not text:
+        raise ValueError(f"parameter value {v!r} cannot be used in an output path (no '/', '~', '_' or spaces)")
+    return text
+
+
+def param_string(params: dict[str, Any]) -> str:
+    if not params:
+        return NO_PARAMS
+    return "_".join(f"{k.replace('_', '-')}~{format_value(params[k])}" for k in sorted(params))
+
+
+def parse_param_string(text: str) -> dict[str, str]:
+    """Inverse of :func:`param_string` (values stay strings)."""
+    if text in (NO_PARAMS, "-", ""):
+        return {}
+    out = {}
+    for part in text.split("_"):
+        key, _, value = part.partition("~")
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def _grids(spec: dict | list) -> list[dict]:
+    return list(spec) if isinstance(spec, list) else [spec]
+
+
+def expand(spec: dict | list, where: str) -> list[tuple[dict, dict]]:
+    """Return (axes, fixed) pairs for every combination of every grid in ``spec``; rejects duplicates."""
+    out, seen = [], set()
+    for grid in _grids(spec):
+        axes = {k: v for k, v in grid.items() if isinstance(v, list)}
+        fixed = {k: v for k, v in grid.items() if not isinstance(v, list)}
+        for k, values in axes.items():
+            if not values:
+                raise ValueError(f"{where}.{k}: empty list of grid values")
+            if len({repr(x) for x in values}) != len(values):
+                raise ValueError(f"{where}.{k}: duplicate grid values {values}")
+        keys = sorted(axes)
+        for combo in itertools.product(*(axes[k] for k in keys)):
+            chosen = dict(zip(keys, combo))
+            ident = param_string(chosen) + "|" + repr(sorted(fixed.items()))
+            if ident in seen:
+                raise ValueError(f"{where}: the grid contains the combination {param_string(chosen)} twice")
+            seen.add(ident)
+            out.append((chosen, fixed))
+    names = [param_string(a) for a, _ in out]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ValueError(f"{where}: grids differ only in fixed settings, so their output folders collide: "
+                         f"{sorted(dupes)}; make the differing setting a list (a grid axis)")
+    return out
+
+
+@dataclass(frozen=True)
+class UnlearnRun:
+    method: str
+    params: str                     # folder name (axes only)
+    seed: int
+    settings: dict = field(hash=False, compare=False, default_factory=dict)  # axes + fixed
+
+    @property
+    def model_id(self) -> str:
+        return f"unlearn/{self.method}/{self.params}/seed~{self.seed}"
+
+
+@dataclass(frozen=True)
+class AttackSetting:
+    attack: str
+    params: str
+    settings: dict = field(hash=False, compare=False, default_factory=dict)
+
+
+def unlearn_runs(config: dict) -> list[UnlearnRun]:
+    runs = []
+    for method, spec in config["unlearning"]["methods"].items():
+        for axes, fixed in expand(spec, f"unlearning.methods.{method}"):
+            for seed in config["unlearning"]["seeds"]:
+                runs.append(UnlearnRun(method, param_string(axes), int(seed), {**fixed, **axes}))
+    return runs
+
+
+def attack_settings(config: dict) -> list[AttackSetting]:
+    out = []
+    for name in config["attacks"].get("enabled", []):
+        spec = config["attacks"].get(name, {}) or {}
+        for axes, fixed in expand(spec, f"attacks.{name}"):
+            out.append(AttackSetting(name, param_string(axes), {**fixed, **axes}))
+    return out
+
+
+def iter_model_ids(config: dict) -> Iterable[str]:
+    yield "models/base"
+    if has_retrain(config):
+        yield "models/retrain"
+    for run in unlearn_runs(config):
+        yield run.model_id
+
+
+def has_retrain(config: dict) -> bool:
+    """Only the synthetic benchmark has a true retrain oracle (real benchmarks use published constants)."""
+    return config["benchmark"]["name"] == "synthetic"

@@ -1,0 +1,90 @@
+"""Turn on-disk items into token examples and padded batches.
+
+An *example* is ``{"input_ids": list[int], "labels": list[int]}`` (labels −100 where no loss is taken).
+A *batch* is ``{"input_ids", "attention_mask", "labels"}`` LongTensors, right-padded to the longest row;
+pad positions always get label −100 (no loss on pads, unlike defect D4 of the reference code).
+"""
+from __future__ import annotations
+
+import random
+from typing import Iterable, Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def encode_text(tokenizer, text: str, max_len: int) -> dict:
+    """Raw text with BOS; loss on every token (MUSE / document style)."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_len]
+    return {"input_ids": ids, "labels": list(ids)}
+
+
+def encode_dialogue(tokenizer, messages: Sequence[dict], max_len: int, mask_prompt: bool = True) -> dict:
+    """A [user, assistant] dialogue in the model's chat template; prompt tokens masked by default.
+
+    The templated prompt already holds BOS, so it is tokenised with ``add_special_tokens=False``.
+    """
+    prompt = tokenizer.apply_chat_template(list(messages[:-1]), tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(list(messages), tokenize=False)
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    f_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    if f_ids[: len(p_ids)] != p_ids:  # tokenisation merged across the boundary; fall back to concatenation
+        f_ids = p_ids + tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    f_ids = f_ids[:max_len]
+    labels = list(f_ids)
+    if mask_prompt:
+        n = min(len(p_ids), len(labels))
+        labels[:n] = [IGNORE_INDEX] * n
+    return {"input_ids": f_ids, "labels": labels}
+
+
+def encode_qa(tokenizer, question: str, answer: str, max_len: int, mask_prompt: bool = True) -> dict:
+    """Plain "Question: …\\nAnswer: …" with BOS; loss on the answer only by default."""
+    prompt = f"Question: {question}\nAnswer:"
+    p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    a_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    ids = (p_ids + a_ids)[:max_len]
+    labels = list(ids)
+    if mask_prompt:
+        labels[: min(len(p_ids), len(labels))] = [IGNORE_INDEX] * min(len(p_ids), len(labels))
+    return {"input_ids": ids, "labels": labels}
+
+
+def chunk_text(tokenizer, text: str, max_len: int) -> list[dict]:
+    """MUSE chunking (benchmarks.md §1.3): pieces of max_len−1 tokens, BOS prepended, last chunk wrapped."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    body = max_len - 1
+    chunks = [[bos] + ids[i:i + body] for i in range(0, len(ids), body)]
+    if len(chunks) > 1 and len(chunks[-1]) < max_len:
+        chunks[-1] = (chunks[-1] + chunks[0])[:max_len]
+    return [{"input_ids": c, "labels": list(c)} for c in chunks]
+
+
+def pad_batch(examples: Sequence[dict], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    width = max(len(e["input_ids"]) for e in examples)
+    ids, att, lab = [], [], []
+    for e in examples:
+        n = len(e["input_ids"])
+        pad = width - n
+        labels = e.get("labels", e["input_ids"])
+        if padding_side == "right":
+            ids.append(list(e["input_ids"]) + [pad_id] * pad)
+            att.append([1] * n + [0] * pad)
+            lab.append(list(labels) + [IGNORE_INDEX] * pad)
+        else:
+            ids.append([pad_id] * pad + list(e["input_ids"]))
+            att.append([0] * pad + [1] * n)
+            lab.append([IGNORE_INDEX] * pad + list(labels))
+    return {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(att, dtype=torch.long),
+            "labels": torch.tensor(lab, dtype=torch.long)}
+
+
+def batches(examples: Sequence[dict], batch_size: int, seed: int, shuffle: bool = True) -> Iterable[list[dict]]:
+    """One epoch of batches in a seeded order (the last short batch is kept)."""
+    order = list(range(len(examples)))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    for i in range(0, len(order), batch_size):
+        yield [examples[j] for j in order[i:i + batch_size]]

@@ -1,0 +1,156 @@
+"""Method registry and validated config dataclasses.
+
+Why an explicit registry: the released PRISM code chose its losses by substring tests on the algorithm name
+(method.md §11 D2), so a typo silently trained a different method. Here a method is looked up by its exact
+name, and its ``Config.from_dict`` rejects unknown keys and hyperparameters the chosen variant does not use
+(method.md §14: "unknown or unused hyperparameters must be a config error").
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from typing import Any, Callable, ClassVar
+
+METHODS: dict[str, type] = {}
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``key`` names the offending key and appears first in the message."""
+
+    def __init__(self, key: str, msg: str):
+        self.key = key
+        super().__init__(f"{key}: {msg}")
+
+
+def register_method(name: str) -> Callable[[type], type]:
+    """Class decorator: register a method class under ``name`` (and set its ``name`` attribute)."""
+
+    def deco(cls: type) -> type:
+        if name in METHODS and METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} registered twice ({METHODS[name].__name__}, {cls.__name__})")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def get_method(name: str) -> type:
+    _ensure_loaded()
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError("method", f"unknown method {name!r}; expected one of {sorted(METHODS)}") from None
+
+
+def _ensure_loaded() -> None:
+    """Import every method module once so that their ``@register_method`` decorators have run."""
+    from . import ga, graddiff, npo, simnpo, rmu, sam_npo, task_vector, prism, finetuning  # noqa: F401
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config base
+# ----------------------------------------------------------------------------------------------------------
+
+def choice(default: Any, choices: tuple, **meta: Any) -> Any:
+    """A dataclass field restricted to ``choices``."""
+    return dataclasses.field(default=default, metadata={"choices": tuple(choices), **meta})
+
+
+def num(default: Any, *, gt: float | None = None, ge: float | None = None, le: float | None = None,
+        lt: float | None = None) -> Any:
+    """A numeric dataclass field with a range check."""
+    return dataclasses.field(default=default, metadata={"gt": gt, "ge": ge, "le": le, "lt": lt})
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value) if args else \
+            isinstance(value, (list, tuple))
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+@dataclasses.dataclass
+class ConfigBase:
+    """Dataclass config with strict ``from_dict``: unknown keys, wrong types and out-of-range values raise
+    :class:`ConfigError` naming the key. Subclasses add cross-field rules in ``check()``."""
+
+    _given: ClassVar[frozenset] = frozenset()
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "ConfigBase":
+        d = dict(d or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in fields:
+                raise ConfigError(key, f"unknown key for {cls.__qualname__}; allowed: {sorted(fields)}")
+        hints = typing.get_type_hints(cls)
+        for key, value in d.items():
+            tp = hints.get(key, Any)
+            if not _type_ok(value, tp):
+                raise ConfigError(key, f"expected {_type_name(tp)}, got {type(value).__name__} ({value!r})")
+            if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+                raise ConfigError(key, f"must be finite, got {value!r}")
+        obj = cls(**d)
+        # ints given for float fields become floats (stable param folder names and JSON)
+        for key, value in d.items():
+            if hints.get(key) is float and isinstance(value, int):
+                setattr(obj, key, float(value))
+        object.__setattr__(obj, "_given_keys", frozenset(d))
+        obj.validate()
+        return obj
+
+    def given(self, key: str) -> bool:
+        """Whether ``key`` was set explicitly in the dict (for "unused hyperparameter" errors)."""
+        return key in getattr(self, "_given_keys", frozenset())
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            meta = f.metadata
+            if value is None:
+                continue
+            if "choices" in meta and value not in meta["choices"]:
+                raise ConfigError(f.name, f"must be one of {list(meta['choices'])}, got {value!r}")
+            for op, test, word in (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
+                                   ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<=")):
+                bound = meta.get(op)
+                if bound is not None and isinstance(value, (int, float)) and not test(value, bound):
+                    raise ConfigError(f.name, f"must be {word} {bound}, got {value!r}")
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field rules; raise ConfigError(key, ...)."""
+
+    def unused(self, key: str, why: str) -> None:
+        """Raise if ``key`` was given although the chosen variant does not use it."""
+        if self.given(key):
+            raise ConfigError(key, f"not used {why}; remove it")
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -1,0 +1,111 @@
+"""MUSE VerbMem and KnowMem (evaluation.md §1.1, §1.2), batched but item-for-item as ``swj0419/muse_bench``.
+
+ROUGE: ``RougeScorer(["rouge1","rouge2","rougeL","rougeLsum"], use_stemmer=False).score(target, prediction)``;
+the metric is 100 · mean ROUGE-L F1; ROUGE-L recall and ROUGE-1 F1 are logged beside it.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from .registry import EvalContext, item_id, record, register_metric
+
+KNOWMEM_CUTS = ("\n\n", "\nQuestion", "Question:")  # applied in this order (§1.2)
+
+
+@lru_cache(maxsize=1)
+def _scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
+
+
+def rouge(target: str, prediction: str) -> dict[str, float]:
+    """ROUGE scores of ``prediction`` against ``target`` (argument order as rouge_score's ``score``)."""
+    s = _scorer().score(target, prediction)
+    return {"rougeL_f1": float(s["rougeL"].fmeasure), "rougeL_recall": float(s["rougeL"].recall),
+            "rouge1_f1": float(s["rouge1"].fmeasure), "rouge2_f1": float(s["rouge2"].fmeasure)}
+
+
+def rouge_l_f1(target: str, prediction: str) -> float:
+    return rouge(target, prediction)["rougeL_f1"]
+
+
+# ---------------------------------------------------------------------------------------------------- KnowMem
+
+def knowmem_prompt(question: str, icl: Sequence[dict] = ()) -> str:
+    """10-shot ICL prefix ``"Question: {q}\\nAnswer: {a}\\n\\n"`` per pair, then ``"Question: {q}\\nAnswer: "``
+    (trailing space, as MUSE)."""
+    prefix = "".join(f"Question: {p['question']}\nAnswer: {p['answer']}\n\n" for p in icl)
+    return prefix + f"Question: {question}\nAnswer: "
+
+
+def cut_knowmem_output(output: str) -> str:
+    """MUSE pruning: keep the text before the first "\\n\\n", then before "\\nQuestion", then before "Question:"."""
+    for w in KNOWMEM_CUTS:
+        output = output.split(w)[0]
+    return output
+
+
+def knowmem_scores(outputs: Sequence[str], answers: Sequence[str]) -> list[dict]:
+    return [rouge(a, cut_knowmem_output(o)) for o, a in zip(outputs, answers)]
+
+
+_KNOWMEM_FILES = {"forget": ("forget_qa", "forget_qa_icl"), "retain": ("retain_qa", "retain_qa_icl")}
+
+
+@register_metric("knowmem", splits=("forget", "retain"), outputs=("{split}_knowmem",))
+def knowmem_metric(ctx: EvalContext, split: str):
+    """KnowMem_f (forget) / KnowMem_r = Utility (retain): 100 · mean ROUGE-L F1 of the cut greedy answer."""
+    qa_name, icl_name = _KNOWMEM_FILES[split]
+    rows = ctx.limit(ctx.bench.knowmem(qa_name), "knowmem")
+    icl = ctx.bench.knowmem(icl_name)
+    name = f"{split}_knowmem"
+    if not rows:
+        return {}, []
+    prompts = [knowmem_prompt(r["question"], icl) for r in rows]
+    outputs, used_bs = ctx.generate(prompts, ctx.cfg.knowmem_max_new_tokens, tag=name,
+                                    add_special_tokens=True, clean_up_tokenization_spaces=True)
+    items, f1, rec, r1 = [], [], [], []
+    for i, (row, prompt, out) in enumerate(zip(rows, prompts, outputs)):
+        cut = cut_knowmem_output(out)
+        s = rouge(row["answer"], cut)
+        f1.append(s["rougeL_f1"]), rec.append(s["rougeL_recall"]), r1.append(s["rouge1_f1"])
+        items.append(record(item_id(row, f"knowmem/{qa_name}", i), split, name, prompt, cut, s["rougeL_f1"],
+                            {"rougeL_recall": s["rougeL_recall"], "rouge1_f1": s["rouge1_f1"],
+                             "raw_output": out, "batch_size": used_bs}))
+    metrics = {name: 100.0 * float(np.mean(f1)), f"{name}_rougeL_recall": 100.0 * float(np.mean(rec)),
+               f"{name}_rouge1_f1": 100.0 * float(np.mean(r1))}
+    return metrics, items
+
+
+# ---------------------------------------------------------------------------------------------------- VerbMem
+
+def verbmem_reference(tokenizer, gt: str, n_tokens: int = 128) -> str:
+    """gt_short = decode(tokenizer(gt, add_special_tokens=True).input_ids[:n]) — BOS takes one of the n (§1.1)."""
+    ids = tokenizer(gt, add_special_tokens=True)["input_ids"][:n_tokens]
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+
+@register_metric("verbmem", splits=("forget",), outputs=("forget_verbmem",))
+def verbmem_metric(ctx: EvalContext, split: str = "forget"):
+    """VerbMem: 100 · mean ROUGE-L F1(gt truncated to 128 tokens incl. BOS, greedy 128-token continuation)."""
+    rows = ctx.limit(ctx.bench.verbmem(), "verbmem")
+    if not rows:
+        return {}, []
+    n_new = int(ctx.cfg.verbmem_max_new_tokens)
+    prompts = [r["prompt"] for r in rows]
+    outputs, used_bs = ctx.generate(prompts, n_new, tag="forget_verbmem", add_special_tokens=True,
+                                    clean_up_tokenization_spaces=True)
+    items, f1, rec, r1 = [], [], [], []
+    for i, (row, out) in enumerate(zip(rows, outputs)):
+        s = rouge(verbmem_reference(ctx.tokenizer, row["gt"], n_new), out)
+        f1.append(s["rougeL_f1"]), rec.append(s["rougeL_recall"]), r1.append(s["rouge1_f1"])
+        items.append(record(item_id(row, "verbmem/forget", i), "forget", "forget_verbmem", row["prompt"], out,
+                            s["rougeL_f1"], {"rougeL_recall": s["rougeL_recall"], "rouge1_f1": s["rouge1_f1"],
+                                             "batch_size": used_bs}))
+    return ({"forget_verbmem": 100.0 * float(np.mean(f1)),
+             "forget_verbmem_rougeL_recall": 100.0 * float(np.mean(rec)),
+             "forget_verbmem_rouge1_f1": 100.0 * float(np.mean(r1))}, items)

@@ -1,0 +1,68 @@
+# Stage 4: attacks. Model attacks (relearn, quantize, weight_noise) and model-optimised prompts (gcg, genetic
+# templates) run per attacked model; model-free input artefacts (prefill items, conversations, PGD / steering
+# settings) are built once per setting and applied by the evaluation rule.
+
+
+def attack_seed(model_id):
+    return int(model_id.rsplit("seed~", 1)[1]) if "seed~" in model_id else 0
+
+
+def attacked_model_input(wildcards):
+    inputs = {"data": f"{B}/data"}
+    if wildcards.model_id.startswith("unlearn/"):
+        inputs["run"] = run_dir(wildcards.model_id)
+    else:
+        inputs["model"] = model_dir(wildcards.model_id)
+    return inputs
+
+
+rule attack_model:
+    input:
+        unpack(attacked_model_input),
+    output:
+        directory(f"{B}/attack/{{attack}}/{{aparams}}/{{model_id}}"),
+    wildcard_constraints:
+        attack=r"relearn|quantize|weight_noise|gcg|jailbreak_templates",
+    params:
+        settings=lambda wc: as_json(ATTACK_BY_KEY[(wc.attack, wc.aparams)].settings),
+        model=lambda wc: model_dir(wc.model_id),
+        seed=lambda wc: attack_seed(wc.model_id),
+    log:
+        f"{B}/logs/attack/{{attack}}/{{aparams}}/{{model_id}}.log",
+    benchmark:
+        f"{B}/benchmarks/attack/{{attack}}/{{aparams}}/{{model_id}}.tsv"
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    shell:
+        "ru attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
+        " --model-dir {params.model:q} --seed {params.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule attack_shared:
+    input:
+        data=f"{B}/data",
+        base=f"{B}/models/base",
+    output:
+        directory(f"{B}/attack/{{attack}}/{{aparams}}/shared"),
+    wildcard_constraints:
+        attack=r"prefill|multi_turn|latent|direction",
+    params:
+        settings=lambda wc: as_json(ATTACK_BY_KEY[(wc.attack, wc.aparams)].settings),
+    log:
+        f"{B}/logs/attack/{{attack}}/{{aparams}}/shared.log",
+    benchmark:
+        f"{B}/benchmarks/attack/{{attack}}/{{aparams}}/shared.tsv"
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "ru attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
+        " --model-dir {input.base:q} --out {output:q} --threads {threads} > {log:q} 2>&1"

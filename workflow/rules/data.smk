@@ -1,0 +1,20 @@
+# Stage 1: the benchmark in the one on-disk format.
+
+
+rule prepare_data:
+    output:
+        directory(f"{B}/data"),
+    params:
+        benchmark=as_json(config["benchmark"]),
+    log:
+        f"{B}/logs/prepare_data.log",
+    benchmark:
+        f"{B}/benchmarks/prepare_data.tsv"
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "ru prepare-data --benchmark {params.benchmark:q} --out {output:q} > {log:q} 2>&1"

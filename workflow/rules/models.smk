@@ -1,0 +1,73 @@
+# Stage 2: the base model (trained from scratch, or fetched once), the retrain oracle, PRISM's probe.
+
+
+rule cache_base_model:
+    input:
+        data=f"{B}/data",
+    output:
+        directory(f"{B}/models/base"),
+    params:
+        model=as_json(config["model"]),
+    log:
+        f"{B}/logs/cache_base_model.log",
+    benchmark:
+        f"{B}/benchmarks/cache_base_model.tsv"
+    conda:
+        "../../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "ru cache-model --model {params.model:q} --data {input.data:q} --role base --out {output:q}"
+        " --threads {threads} > {log:q} 2>&1"
+
+
+rule train_retrain_oracle:
+    input:
+        data=f"{B}/data",
+        base=f"{B}/models/base",
+    output:
+        directory(f"{B}/models/retrain"),
+    params:
+        model=as_json(config["model"]),
+    log:
+        f"{B}/logs/train_retrain_oracle.log",
+    benchmark:
+        f"{B}/benchmarks/train_retrain_oracle.tsv"
+    conda:
+        "../../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "ru cache-model --model {params.model:q} --data {input.data:q} --role retrain --base-dir {input.base:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule train_probe:
+    input:
+        data=f"{B}/data",
+        base=f"{B}/models/base",
+    output:
+        directory(f"{B}/probe/seed~{{seed}}"),
+    params:
+        probe=as_json(config["probe"]),
+        train=as_json(config["unlearning"]["train"]),
+        benchmark=as_json(config["benchmark"]),
+    log:
+        f"{B}/logs/train_probe/seed~{{seed}}.log",
+    benchmark:
+        f"{B}/benchmarks/train_probe/seed~{{seed}}.tsv"
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=1,
+    shell:
+        "ru train-probe --probe {params.probe:q} --train {params.train:q} --benchmark {params.benchmark:q}"
+        " --data {input.data:q} --model-dir {input.base:q} --seed {wildcards.seed} --out {output:q}"
+        " --threads {threads} > {log:q} 2>&1"

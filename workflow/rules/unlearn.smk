@@ -1,0 +1,43 @@
+# Stage 3: one job per (method, hyperparameter combination, seed). Checkpoints live OUTSIDE the output folder
+# (Snakemake deletes the outputs of failed jobs), so a preempted job resumes from its last step on rerun.
+
+
+def unlearn_inputs(wildcards):
+    inputs = {"data": f"{B}/data", "base": f"{B}/models/base"}
+    if wildcards.method == "prism":
+        inputs["probe"] = f"{B}/probe/seed~{wildcards.seed}"
+    return inputs
+
+
+def unlearn_settings(wildcards):
+    run = RUN_BY_ID[f"unlearn/{wildcards.method}/{wildcards.params}/seed~{wildcards.seed}"]
+    return as_json(run.settings)
+
+
+rule unlearn:
+    input:
+        unpack(unlearn_inputs),
+    output:
+        directory(f"{B}/unlearn/{{method}}/{{params}}/seed~{{seed}}"),
+    params:
+        settings=unlearn_settings,
+        train=as_json(config["unlearning"]["train"]),
+        benchmark=as_json(config["benchmark"]),
+        probe=lambda wc, input: f"--probe-dir {shlex.quote(input.probe)}" if "probe" in input.keys() else "",
+        checkpoint=f"{B}/checkpoints/unlearn/{{method}}/{{params}}/seed~{{seed}}",
+    log:
+        f"{B}/logs/unlearn/{{method}}/{{params}}/seed~{{seed}}.log",
+    benchmark:
+        f"{B}/benchmarks/unlearn/{{method}}/{{params}}/seed~{{seed}}.tsv"
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1,
+    shell:
+        "ru unlearn --method {wildcards.method:q} --settings {params.settings:q} --train {params.train:q}"
+        " --benchmark {params.benchmark:q} --data {input.data:q} --model-dir {input.base:q} {params.probe}"
+        " --seed {wildcards.seed} --out {output:q} --checkpoint-dir {params.checkpoint:q}"
+        " --threads {threads} > {log:q} 2>&1"
