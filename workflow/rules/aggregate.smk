@@ -5,6 +5,7 @@ rule aggregate:
     input:
         metrics=lambda wc: [eval_path(*cell) for cell in expected_cells()],
         runs=[run_dir(r.model_id) for r in RUNS],
+        landscapes=lambda wc: landscape_targets(),
     output:
         csv=f"{B}/tables/metrics.csv",
         summary=f"{B}/tables/summary.md",
@@ -25,4 +26,5 @@ rule aggregate:
         runtime=20,
     shell:
         "ru aggregate --benchmark-name {BENCH:q} --bench-dir {params.bench_dir:q} --expected {params.expected:q}"
-        " --tables-dir {params.tables:q} --figures-dir {output.figures:q} > {log:q} 2>&1"
+        " --tables-dir {params.tables:q} --figures-dir {output.figures:q} --landscapes {input.landscapes:q}"
+        " > {log:q} 2>&1"

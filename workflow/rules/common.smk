@@ -84,3 +84,9 @@ def attack_out(attack, aparams, model_id):
     if attack in MODEL_ATTACKS or attack in PER_MODEL_INPUT_ATTACKS:
         return f"{B}/attack/{attack}/{aparams}/{model_id}"
     return f"{B}/attack/{attack}/{aparams}/shared"
+
+
+def landscape_targets():
+    if not config["report"]["loss_landscape"]:
+        return []
+    return [f"{B}/landscape/{m}/landscape.json" for m in clean_eval_ids()]

@@ -39,7 +39,7 @@ rule evaluate:
         unpack(eval_inputs),
     output:
         metrics=f"{B}/eval/{{model_id}}/{{attack}}/{{aparams}}/metrics.json",
-        items=f"{B}/eval/{{model_id}}/{{attack}}/{{aparams}}/items.jsonl",
+        records=f"{B}/eval/{{model_id}}/{{attack}}/{{aparams}}/items.jsonl",
     params:
         evaluation=as_json(config["evaluation"]),
         judges=as_json(config["judges"]),
@@ -63,3 +63,30 @@ rule evaluate:
         " --data {input.data:q} --model-id {wildcards.model_id:q} --model-dir {params.model:q}"
         " --attack {wildcards.attack:q} --attack-params {wildcards.aparams:q} {params.options}"
         " --seed {params.seed} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule loss_landscape:
+    input:
+        data=f"{B}/data",
+        run=lambda wc: run_dir(wc.model_id) if wc.model_id.startswith("unlearn/") else model_dir(wc.model_id),
+    output:
+        f"{B}/landscape/{{model_id}}/landscape.json",
+    params:
+        model=lambda wc: model_dir(wc.model_id),
+        points=config["report"]["landscape_points"],
+        label=lambda wc: wc.model_id.split("/")[-1] if wc.model_id.startswith("models/")
+        else " ".join(wc.model_id.split("/")[1:3]),
+    log:
+        f"{B}/logs/landscape/{{model_id}}.log",
+    benchmark:
+        f"{B}/benchmarks/landscape/{{model_id}}.tsv"
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "ru landscape --data {input.data:q} --model-dir {params.model:q} --points {params.points}"
+        " --label {params.label:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"

@@ -51,6 +51,12 @@ def is_refusal(response: str, variant: str = "substring") -> bool:
     return bool(keyword_refusal(response, variant=variant))
 
 
+def compliance_proxy(response: str, variant: str = "substring") -> bool:
+    """Weak judge for items without a known answer (no refusal and ≥ 20 words; evaluation.md §8)."""
+    from ..judges import compliance_proxy as _cp
+    return bool(_cp(response, variant=variant))
+
+
 def prompt_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -78,18 +84,19 @@ def judge_outputs(outputs: Sequence[str], aliases: Sequence[Sequence[str]], refu
 
 # --------------------------------------------------------------------------------------------- bench items
 def item_id_of(item: Any, index: int, prefix: str) -> str:
+    """The row's own ``item_id``/``id``/``id_v2`` (top level or in ``meta``), else ``prefix#index``
+    (same rule as ``metrics.registry.item_id`` so attack and clean records join on item ids)."""
     if isinstance(item, dict):
-        meta = item.get("meta") or {}
-        for key in ("id", "item_id"):
-            if item.get(key) is not None:
-                return str(item[key])
-            if isinstance(meta, dict) and meta.get(key) is not None:
-                return str(meta[key])
-    return f"{prefix}-{index}"
+        meta = item.get("meta") if isinstance(item.get("meta"), dict) else {}
+        for src in (item, meta):
+            for key in ("item_id", "id", "id_v2"):
+                if src.get(key) not in (None, ""):
+                    return str(src[key])
+    return f"{prefix}#{index}"
 
 
 def aliases_of(bench, item: dict) -> list[str]:
-    """Forgotten answer + aliases of an item, from its ``meta`` via ``bench.aliases`` (data part)."""
+    """Forgotten answer + aliases of an item, from its ``meta`` via ``bench.aliases`` (data part); [] if none."""
     return [a for a in (bench.aliases(item) or []) if isinstance(a, str) and a.strip()]
 
 
@@ -141,27 +148,23 @@ def encode_plain(tokenizer, text: str) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------- generation
-def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, do_sample: bool = False,
+def generate_texts(model, tokenizer, prompts: Sequence, *, max_new_tokens: int, do_sample: bool = False,
                    temperature: float = 1.0, top_p: float = 1.0, seeds: Sequence[int] | None = None,
                    batch_size: int = 32, add_special_tokens: bool = False) -> list[str]:
-    """Greedy: one batched call. Sampling: one call per prompt with its own seed (per-item seeding, §general
-    rules), so a prompt's sample does not depend on which other prompts share its batch."""
+    """Batched generation through ``metrics.generation.generate``; prompts are strings (chat-templated:
+    ``add_special_tokens=False``) or token-id lists. Sampling is seeded per item via ``seeds`` (one per prompt),
+    so a prompt's sample does not depend on which other prompts share its batch."""
     from ..metrics.generation import generate
     from ..models.tokenizer import stop_token_ids
 
-    stops = stop_token_ids(tokenizer)
     if not prompts:
         return []
-    if not do_sample:
-        return list(generate(model, tokenizer, list(prompts), max_new_tokens, do_sample=False,
-                             batch_size=batch_size, add_special_tokens=add_special_tokens, stop_ids=stops))
-    seeds = list(seeds) if seeds is not None else [0] * len(prompts)
-    outs = []
-    for p, s in zip(prompts, seeds):
-        outs.extend(generate(model, tokenizer, [p], max_new_tokens, do_sample=True, temperature=temperature,
-                             top_p=top_p, batch_size=1, seed=int(s), add_special_tokens=add_special_tokens,
-                             stop_ids=stops))
-    return outs
+    kwargs = {}
+    if do_sample:
+        kwargs = {"temperature": temperature, "top_p": top_p,
+                  "seeds": [int(s) for s in seeds] if seeds is not None else None}
+    return list(generate(model, tokenizer, list(prompts), max_new_tokens, do_sample=do_sample, batch_size=batch_size,
+                         add_special_tokens=add_special_tokens, stop_ids=stop_token_ids(tokenizer), **kwargs))
 
 
 # ------------------------------------------------------------------------------------------------- hooks
@@ -228,48 +231,51 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.
     return ids.to(device), att.to(device)
 
 
-def continuation_logprobs(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
-                          pad_id: int, batch_size: int = 64) -> list[tuple[float, int]]:
-    """(Σ log p(continuation | context), #continuation tokens) per pair; right padding, one forward per batch."""
-    out: list[tuple[float, int]] = []
-    dev = model_device(model)
-    for s in range(0, len(contexts), batch_size):
-        ctx, cont = contexts[s:s + batch_size], continuations[s:s + batch_size]
-        rows = [list(c) + list(t) for c, t in zip(ctx, cont)]
-        ids, att = pad_rows(rows, pad_id, dev)
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=att).logits.float(), dim=-1)
-        for i, (c, t) in enumerate(zip(ctx, cont)):
-            if not t:
-                out.append((0.0, 0))
-                continue
-            pos = torch.arange(len(c) - 1, len(c) + len(t) - 1, device=dev)
-            tgt = torch.tensor(list(t), device=dev)
-            out.append((float(logp[i, pos, tgt].sum()), len(t)))
-    return out
+def target_nll(model, attention_mask: torch.Tensor, tgt_pos: torch.Tensor, tgt_ids: torch.Tensor,
+               tgt_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
+               inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row mean NLL of target tokens (teacher forcing), right-padded rows.
+
+    ``tgt_pos[r, j]`` is the position whose logits predict ``tgt_ids[r, j]``; ``tgt_mask`` marks real targets.
+    Only those positions go through the LM head (a (R, T, V) tensor instead of (R, W, V)), which is what makes
+    scoring hundreds of GCG candidates × items in one forward affordable.
+    """
+    base = model.base_model
+    h = base(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+    sel = h.gather(1, tgt_pos[..., None].expand(-1, -1, h.size(-1)))
+    logp = torch.log_softmax(model.get_output_embeddings()(sel).float(), dim=-1)
+    lp = logp.gather(-1, tgt_ids[..., None])[..., 0]
+    m = tgt_mask.to(lp.dtype)
+    return -(lp * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-def cloze_accuracy(model, tokenizer, items: Sequence[dict], question_fn: Callable[[str], str] = lambda q: q,
+def score_pairs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int = 64) -> list[float]:
+    """Σ log p(cont | ctx) per token-id pair (``metrics.generation.score_continuations``, batched)."""
+    from ..metrics.generation import score_continuations
+    return [s.logprob for s in score_continuations(model, tokenizer, list(pairs), batch_size=batch_size)]
+
+
+def cloze_accuracy(model, tokenizer, items: Sequence[dict], context_ids: Callable[[dict], list[int]] | None = None,
                    bos: bool = False, batch_size: int = 64) -> tuple[float, list[bool]]:
-    """Cloze MCQ accuracy (evaluation.md §2.2): context "Question: {q}\\nAnswer:", continuation " " + choice;
-    ``question_fn`` lets an attack rewrite the question (e.g. insert an adversarial string)."""
-    ctxs, conts, owners = [], [], []
-    for k, it in enumerate(items):
-        ctx = encode_plain(tokenizer, f"Question: {question_fn(it['question'])}\nAnswer:")
-        if bos and tokenizer.bos_token_id is not None:
-            ctx = [tokenizer.bos_token_id] + ctx
+    """Cloze MCQ accuracy (evaluation.md §2.2): context "Question: {q}\nAnswer:", continuation " " + choice
+    (lm-eval pair encoding); ``context_ids(item)`` lets an attack supply its own context ids (e.g. with an
+    adversarial string inserted) while the continuation ids stay those of the clean pair."""
+    from ..metrics.generation import encode_pair
+
+    pairs = []
+    for it in items:
         for choice in it["choices"]:
-            ctxs.append(ctx)
-            conts.append(encode_plain(tokenizer, " " + choice))
-            owners.append(k)
-    scores = continuation_logprobs(model, ctxs, conts, tokenizer.pad_token_id, batch_size)
-    correct = []
-    pos = 0
+            ctx, cont = encode_pair(tokenizer, f"Question: {it['question']}\nAnswer:", " " + choice, bos)
+            if context_ids is not None:
+                ctx = list(context_ids(it))
+            pairs.append((ctx, cont))
+    scores = score_pairs(model, tokenizer, pairs, batch_size)
+    correct, pos = [], 0
     for it in items:
         n = len(it["choices"])
-        sums = [scores[pos + j][0] for j in range(n)]
+        sums = scores[pos:pos + n]
         pos += n
-        correct.append(int(max(range(n), key=lambda j: sums[j])) == it["answer_idx"])
+        correct.append(max(range(n), key=lambda j: sums[j]) == it["answer_idx"])
     return (sum(correct) / len(correct) if correct else 0.0), correct
 
 
@@ -292,8 +298,10 @@ def bench_location(bench) -> str | None:
 
 def write_attack_json(out_dir, attack_cls, cfg, seed: int, model_dir, bench, started: float,
                       result: dict | None = None, **extra: Any) -> dict:
-    """``out_dir/attack.json``: settings, provenance, timing (written last: its presence marks completion)."""
-    doc = {"attack": attack_cls.name, "kind": attack_cls.kind, "params": cfg.to_dict(), "seed": int(seed),
+    """``out_dir/attack.json``: status, settings, provenance, timing (written last: its presence marks completion).
+    ``extra`` may override ``status`` (e.g. "diverged" when relearning blew up; the CLI skips evaluation then)."""
+    doc = {"attack": attack_cls.name, "kind": attack_cls.kind, "status": "ok", "params": cfg.to_dict(),
+           "seed": int(seed),
            "model_dir": str(model_dir) if model_dir is not None else None, "benchmark": bench_location(bench),
            "timing": {"prepare_s": round(time.time() - started, 3)}, "result": result or {},
            "provenance": provenance(cfg.to_dict(), seed, attack=attack_cls.name), **extra}

@@ -40,6 +40,7 @@ class Prefill:
         top_p: float = 1.0
         batch_size: int = 8
         max_items: Optional[int] = None
+        best_of: int = 1   # > 1: also report best-of-n ASR (success if any of n seeded samples succeeds)
         refusal_variant: Literal["substring", "word_boundary"] = "substring"
 
         def check(self) -> None:
@@ -49,6 +50,7 @@ class Prefill:
             self.require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
             self.require(self.batch_size >= 1, "batch_size", f"must be ≥ 1, got {self.batch_size}")
             self.require(self.max_items is None or self.max_items >= 1, "max_items", "must be ≥ 1 or null")
+            self.require(self.best_of >= 1, "best_of", f"must be ≥ 1, got {self.best_of}")
 
     @classmethod
     def build_items(cls, tokenizer, bench, cfg) -> list[dict]:
@@ -92,6 +94,17 @@ class Prefill:
                    "n_items": len(rows), "n_judged": len(judged),
                    "n_answer_in_prefix": sum(bool(r["answer_in_prefix"]) for r in rows),
                    "n_no_answer": sum(1 for r in rows if not r["aliases"])}
+        if cfg.best_of > 1 and judged:
+            extra = generate_texts(model, tokenizer, [r["prompt"] for r in judged for _ in range(cfg.best_of - 1)],
+                                   max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0,
+                                   temperature=cfg.temperature or 1.0, top_p=cfg.top_p,
+                                   seeds=[derive_seed(seed, "prefill", r["item_id"], j) for r in judged
+                                          for j in range(1, cfg.best_of)], batch_size=cfg.batch_size)
+            n_extra = cfg.best_of - 1
+            any_succ = [s or any(answer_match(o, r["aliases"]) for o in extra[i * n_extra:(i + 1) * n_extra])
+                        for i, (r, s) in enumerate(zip(judged, succ))]
+            metrics.update({f"{k.replace('asr', f'asr_best_of_{cfg.best_of}')}": v
+                            for k, v in rate_metrics(any_succ, "asr").items()})
         items, by_idx = [], {i: (o, s, f) for i, o, s, f in zip(judged_idx, outs, succ, refu)}
         for i, r in enumerate(rows):
             if i in by_idx:

@@ -44,11 +44,11 @@ class Relearn:
             self.require(self.max_len >= 8, "max_len", f"must be ≥ 8, got {self.max_len}")
 
     @classmethod
-    def check_data(cls, bench, split: str) -> str:
+    def check_data(cls, bench, split: str, source: str = "raw") -> str:
         """The fingerprint of the data to relearn on; raises unless it equals the forget split's."""
         from ..data.unlearning_sets import forget_fingerprint
-        expected = forget_fingerprint(bench, "forget")
-        got = forget_fingerprint(bench, split)
+        expected = forget_fingerprint(bench, "forget", source)
+        got = forget_fingerprint(bench, split, source)
         if got != expected:
             raise RelearnDataError(f"relearn data (split {split!r}, fingerprint {str(got)[:12]}…) is not the forget "
                                    f"split of this benchmark (fingerprint {str(expected)[:12]}…); refusing to relearn "
@@ -64,7 +64,7 @@ class Relearn:
 
         started = time.time()
         cfg = cls.Config.from_dict(params)
-        fingerprint = cls.check_data(bench, cfg.split)
+        fingerprint = cls.check_data(bench, cfg.split, cfg.source)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model, tok = load_for_attack(model_dir, device)
@@ -79,4 +79,6 @@ class Relearn:
         save_model(model, tok, out_dir / "model")
         return write_attack_json(out_dir, cls, cfg, seed, model_dir, bench, started,
                                  result={"n_examples": len(examples), "n_subset": len(subset),
-                                         "data_fingerprint": fingerprint, "finetune": stats})
+                                         "data_fingerprint": fingerprint,
+                                         "finetune": {k: v for k, v in dict(stats).items() if k != "log"}},
+                                 status=str(dict(stats).get("status", "ok")))

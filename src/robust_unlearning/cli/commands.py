@@ -176,7 +176,7 @@ def cmd_aggregate(args) -> int:
     tables = Path(args.tables_dir)
     atomic_write_text(tables / "metrics.csv", df.to_csv(index=False))
     written = write_tables(df, tables)
-    written += write_figures(df, Path(args.figures_dir))
+    written += write_figures(df, Path(args.figures_dir), landscape_files=args.landscapes)
     _log(f"aggregated {len(df)} rows; wrote {len(written)} tables/figures")
     return 0
 
@@ -188,5 +188,6 @@ def cmd_landscape(args) -> int:
     configure_threads(args.threads)
     model, tok = _load(args.model_dir)
     result = loss_landscape_1d(model, tok, Benchmark(args.data), points=args.points, seed=args.seed)
+    result["method"] = args.label
     atomic_write_json(args.out, result)
     return 0

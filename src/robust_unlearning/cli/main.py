@@ -96,11 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--expected", type=_json_arg, default=None, help="expected cells [[model_id, attack, params], ...]")
     s.add_argument("--tables-dir", required=True)
     s.add_argument("--figures-dir", required=True)
+    s.add_argument("--landscapes", nargs="*", default=[], help="landscape.json files (loss-landscape figure)")
 
     s = sub.add_parser("landscape", help="1-D loss-landscape slice of one model along a random direction")
     s.add_argument("--data", required=True)
     s.add_argument("--model-dir", required=True)
     s.add_argument("--points", type=int, default=11)
+    s.add_argument("--label", default="model", help="legend label (the rule passes method and params)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=None)

@@ -21,7 +21,7 @@ def format_value(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        if v == 0 or math.isfinite(v) and 1e-3 <= abs(v) < 1e5:
+        if v == 0 or math.isfinite(v) and 1e-2 <= abs(v) < 1e5:
             text = f"{v:.10g}"
         else:
             mant, exp = f"{v:.6e}".split("e")
@@ -31,9 +31,9 @@ def format_value(v: Any) -> str:
     if v is None:
         return "none"
     text = str(v)
-    if any(c in text for c in "/~_ \t\n") or not text:
-        raise ValueError(f"parameter value {v!r} cannot be used in an output path (no '/', '~', '_' or spaces)")
-    return text
+    if any(c in text for c in "/~ \t\n") or not text:
+        raise ValueError(f"parameter value {v!r} cannot be used in an output path (no '/', '~' or spaces)")
+    return text.replace("_", "-")  # '_' separates pairs; per_tensor -> per-tensor
 
 
 def param_string(params: dict[str, Any]) -> str:
@@ -43,7 +43,7 @@ def param_string(params: dict[str, Any]) -> str:
 
 
 def parse_param_string(text: str) -> dict[str, str]:
-    """Inverse of :func:`param_string` (values stay strings)."""
+    """Inverse of :func:`param_string` (values stay strings; '_' inside values comes back as '-')."""
     if text in (NO_PARAMS, "-", ""):
         return {}
     out = {}

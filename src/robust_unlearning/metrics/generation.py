@@ -59,7 +59,8 @@ def _pad_id(tokenizer) -> int:
     return 0
 
 
-def encode_prompts(tokenizer, prompts: Sequence, add_special_tokens: bool = True, chat: bool = False) -> list[list[int]]:
+def encode_prompts(tokenizer, prompts: Sequence, add_special_tokens: bool = True,
+                   chat: bool = False) -> list[list[int]]:
     """Token ids per prompt. A prompt is a string, a list of chat messages, or already a list of token ids.
 
     ``chat=True`` applies the tokenizer's chat template with the generation prompt; the templated text already
@@ -79,6 +80,20 @@ def encode_prompts(tokenizer, prompts: Sequence, add_special_tokens: bool = True
                 raise TypeError(f"prompt must be a string when chat=False, got {type(p).__name__}")
             out.append(list(tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]))
     return out
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' classic ``clean_up_tokenization`` (what MUSE's ``decode(..., clean_up_tokenization_spaces=True)``
+    did under transformers 4.x). transformers 5 skips it for BPE tokenizers, so it is applied here explicitly."""
+    return (text.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",").replace(" ' ", "'")
+            .replace(" n't", "n't").replace(" 'm", "'m").replace(" 's", "'s").replace(" 've", "'ve")
+            .replace(" 're", "'re"))
+
+
+def decode(tokenizer, ids: Sequence[int], clean_up_tokenization_spaces: bool = False) -> str:
+    """decode(ids, skip_special_tokens=True), with the classic clean-up applied by hand when asked."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return clean_up_tokenization(text) if clean_up_tokenization_spaces else text
 
 
 def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -175,8 +190,7 @@ def generate(model, tokenizer, prompts: Sequence, max_new_tokens: int, do_sample
                     if t in stops:
                         toks = toks[:j]
                         break
-                results[i] = tokenizer.decode(toks, skip_special_tokens=True,
-                                              clean_up_tokenization_spaces=clean_up_tokenization_spaces)
+                results[i] = decode(tokenizer, toks, clean_up_tokenization_spaces)
             bar.update(len(batch))
     finally:
         bar.close()
@@ -359,10 +373,7 @@ def token_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int = 16,
     return out  # type: ignore[return-value]
 
 
-def batch_matches(a: Sequence[str], b: Sequence[str]) -> bool:
-    return len(a) == len(b) and all(x == y for x, y in zip(a, b))
-
-
-__all__ = ["generate", "sequence_logprobs", "token_logprobs", "score_continuations", "encode_pair",
-           "encode_prompts", "ContinuationScore", "SeededGumbelSampler", "model_device", "batch_matches"]
+__all__ = ["generate", "decode", "clean_up_tokenization", "sequence_logprobs", "token_logprobs",
+           "score_continuations", "encode_pair", "encode_prompts", "ContinuationScore", "SeededGumbelSampler",
+           "model_device"]
 

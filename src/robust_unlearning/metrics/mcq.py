@@ -120,6 +120,7 @@ def mcq_letter_metric(ctx: EvalContext, split: str):
     name = f"{split}_mcq_acc_letter"
     items = [record(item_id(row, f"mcq/{split}", i), split, name, s["context"], LETTERS[s["pred"]],
                     float(s["pred"] == s["gold"]),
-                    {"mode": "letter", "bos": ctx.cfg.mcq_bos, "gold": s["gold"], "logprobs": s["logprobs"]})
+                    {"mode": "letter", "bos": ctx.cfg.mcq_bos, "gold": s["gold"], "logprobs": s["logprobs"],
+                     "subject": row.get("subject") or _subject(ctx, split)})
              for i, (row, s) in enumerate(zip(rows, scored))]
     return {name: mcq_accuracy(scored, "pred")}, items

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .generation import decode
 from .registry import EvalContext, item_id, record, register_metric
 
 KNOWMEM_CUTS = ("\n\n", "\nQuestion", "Question:")  # applied in this order (§1.2)
@@ -86,7 +87,7 @@ def knowmem_metric(ctx: EvalContext, split: str):
 def verbmem_reference(tokenizer, gt: str, n_tokens: int = 128) -> str:
     """gt_short = decode(tokenizer(gt, add_special_tokens=True).input_ids[:n]) — BOS takes one of the n (§1.1)."""
     ids = tokenizer(gt, add_special_tokens=True)["input_ids"][:n_tokens]
-    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+    return decode(tokenizer, ids, clean_up_tokenization_spaces=True)
 
 
 @register_metric("verbmem", splits=("forget",), outputs=("forget_verbmem",))

@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 
 from robust_unlearning.report.common import (
-    COLUMNS, COST_METRICS, DEFAULT_PARAMS, KEY, NA, NONE_ATTACK, US_METRICS, parse_model_id, sort_tidy)
+    COLUMNS, COST_METRICS, DEFAULT_PARAMS, KEY, NONE_ATTACK, PROMPT_ATTACKS, US_METRICS, parse_model_id,
+    sort_tidy)
 from robust_unlearning.utils.io import DataFormatError, read_json
 
 log = logging.getLogger(__name__)
@@ -139,14 +140,16 @@ def _read_evals(bench: Path, rows: _Rows, scored: list[tuple[str, str, str, dict
         status = str(doc.get("status") or "ok")
         n_items = doc.get("n_items") if isinstance(doc.get("n_items"), Mapping) else {}
         judge = _judge_name(doc.get("judge"))
-        metrics = {str(k): _float(v) for k, v in (doc.get("metrics") or {}).items()}
+        raw = dict(doc.get("metrics") or {})
+        metrics = {str(k): _float(v) for k, v in raw.items()}
         if not metrics:
             rows.add(model_id, attack, aparams, "", math.nan, status if status != "ok" else "failed",
                      note="metrics.json without metrics")
         for name, value in metrics.items():
-            if attack == NONE_ATTACK and name in COST_METRICS and (model_id.startswith("unlearn/")):
+            if attack == NONE_ATTACK and name in COST_METRICS and model_id.startswith("unlearn/"):
                 continue  # cost comes from run.json (one source per number)
-            rows.add(model_id, attack, aparams, name, value, status, n_items.get(name), judge)
+            note = "" if raw[name] is None or not math.isnan(value) else "non-numeric or non-finite value"
+            rows.add(model_id, attack, aparams, name, value, status, n_items.get(name), judge, note)
         scored.append((model_id, attack, aparams, metrics, status))
 
 
@@ -181,7 +184,14 @@ def _read_runs(bench: Path, rows: _Rows) -> dict[str, str]:
     return statuses
 
 
-def _add_scores(rows: _Rows, scored: list[tuple[str, str, str, dict, str]], score_fn: ScoreFn | None) -> None:
+def _add_scores(rows: _Rows, scored: list[tuple[str, str, str, dict, str]], score_fn: ScoreFn | None,
+                mode: str | None) -> None:
+    """US rows for every evaluation the score function can score (it raises on absent inputs: skipped).
+
+    WMDP (``mode="wmdp"``): the third axis is 1 − mean ASR of the model's prompt attacks (evaluation.md §4),
+    so a clean evaluation gets ``asr_values`` from the same model's prompt-attack evaluations; without
+    them the function returns sqrt(U·E) and no ``us_privacy``, which the row note flags.
+    """
     if score_fn is None:
         return
     target = next((m for mid, a, p, m, s in scored if mid == BASE_ID and a == NONE_ATTACK and p == DEFAULT_PARAMS),
@@ -190,19 +200,33 @@ def _add_scores(rows: _Rows, scored: list[tuple[str, str, str, dict, str]], scor
         log.warning("Unlearn Score rows skipped: no clean evaluation of %s (the target)", BASE_ID)
         return
     target = {k: v for k, v in target.items() if not math.isnan(v)}
+    asr: dict[str, list[float]] = {}
+    for model_id, attack, _, metrics, status in scored:
+        if attack in PROMPT_ATTACKS and status == "ok" and not math.isnan(metrics.get("asr", math.nan)):
+            asr.setdefault(model_id, []).append(metrics["asr"])
+    n_scored = 0
     for model_id, attack, aparams, metrics, status in scored:
         if all(k in metrics for k in US_METRICS):
             continue  # the evaluation reported its own score
+        kwargs: dict[str, Any] = {} if mode is None else {"mode": mode}
+        if mode == "wmdp":
+            kwargs["asr_values"] = asr.get(model_id) if attack == NONE_ATTACK else None
         try:
-            result = score_fn({k: v for k, v in metrics.items() if not math.isnan(v)}, target)
+            result = score_fn({k: v for k, v in metrics.items() if not math.isnan(v)}, target, **kwargs)
         except (KeyError, ValueError, TypeError, ZeroDivisionError) as exc:
             log.debug("no Unlearn Score for %s %s/%s: %s", model_id, attack, aparams, exc)
             continue
         values = {k: _float((result or {}).get(k)) for k in US_METRICS}
-        if all(math.isnan(v) for v in values.values()):
+        if math.isnan(values["unlearn_score"]):
             continue
+        note = "computed by report" + ("; no privacy axis: US = sqrt(U*E)" if math.isnan(values["us_privacy"])
+                                       else "")
         for name, value in values.items():
-            rows.add(model_id, attack, aparams, name, value, status, note="computed by report")
+            if not math.isnan(value):
+                rows.add(model_id, attack, aparams, name, value, status, note=note)
+        n_scored += 1
+    if not n_scored:
+        log.warning("no evaluation could be given an Unlearn Score (mode %s; inputs absent?)", mode or "default")
 
 
 def _normalise_expected(expected: Iterable[Any] | None) -> list[tuple[str, str, str]]:
@@ -236,13 +260,15 @@ def _add_missing(rows: _Rows, expected: list[tuple[str, str, str]], run_status: 
 
 def collect_results(bench_dir: str | os.PathLike, benchmark: str,
                     expected: Iterable[Any] | None = None, *, score_fn: ScoreFn | None | str = "default",
-                    ) -> pd.DataFrame:
+                    us_mode: str | None = "auto") -> pd.DataFrame:
     """The tidy table of one benchmark's results tree.
 
     ``expected``: cells the caller's grid promises, as ``(model_id, attack, attack_params)`` tuples (or
     dicts with those keys); each one without a ``metrics.json`` becomes ``missing`` rows (``diverged`` when
     the model's run.json says it diverged). ``score_fn``: the Unlearn Score function (default
-    ``metrics.unlearn_score.unlearn_score``; ``None`` disables the US rows).
+    ``metrics.unlearn_score.unlearn_score``; ``None`` disables the US rows). ``us_mode``: passed as
+    ``mode=`` to it; ``"auto"`` = ``"wmdp"`` for a benchmark named ``*wmdp*``, else the function's default
+    (not passed); ``None`` = never passed.
     Never raises on a malformed or absent file: it logs and records a ``failed``/``missing`` row.
     """
     bench = Path(bench_dir)
@@ -251,7 +277,9 @@ def collect_results(bench_dir: str | os.PathLike, benchmark: str,
     scored: list[tuple[str, str, str, dict, str]] = []
     run_status = _read_runs(bench, rows)
     _read_evals(bench, rows, scored)
-    _add_scores(rows, scored, fn)
+    if us_mode == "auto":
+        us_mode = "wmdp" if "wmdp" in benchmark.lower() else None
+    _add_scores(rows, scored, fn, us_mode)
     _add_missing(rows, _normalise_expected(expected), run_status)
     df = rows.frame()
     diverged = {m for m, s in run_status.items() if s == "diverged"}

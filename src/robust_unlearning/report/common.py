@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import re
+
+from ..config.grid import param_string, parse_param_string
 from typing import Any, Iterable
 
 import numpy as np
@@ -58,39 +60,17 @@ _NUMERIC = re.compile(r"^[-+]?[0-9.]+(e[-+]?[0-9]+)?$", re.IGNORECASE)
 def parse_params(text: str | None) -> dict[str, str]:
     """``"fraction~0.5_steps~10"`` → ``{"fraction": "0.5", "steps": "10"}``; ``default``/``-``/empty → ``{}``.
 
-    Pairs are joined by ``_`` and keys may contain ``_`` themselves (``retain_loss~gdr``), so the split is
-    ambiguous; rule: an underscore-separated piece without ``~`` belongs to the *next* key, unless it looks
-    numeric (``layers~5_6_7``), in which case it continues the previous value.
+    Folder names are written by :func:`robust_unlearning.config.grid.param_string`, which turns every ``_``
+    inside keys and values into ``-``, so ``_`` only separates pairs; keys come back with ``_`` restored.
     """
     if text is None or str(text) in ("", DEFAULT_PARAMS, NA):
         return {}
-    out: dict[str, str] = {}
-    pending: list[str] = []
-    last: str | None = None
-    for piece in str(text).split("_"):
-        if "~" in piece:
-            key, value = piece.split("~", 1)
-            key = "_".join(pending + [key])
-            pending = []
-            out[key] = value
-            last = key
-        elif last is not None and not pending and _NUMERIC.match(piece):
-            out[last] = f"{out[last]}_{piece}"
-        else:
-            pending.append(piece)
-    if pending:  # trailing pieces without a key: keep them visible rather than drop them
-        if last is not None:
-            out[last] = "_".join([out[last]] + pending)
-        else:
-            out["_"] = "_".join(pending)
-    return out
+    return parse_param_string(str(text))
 
 
 def format_params(params: dict[str, Any]) -> str:
     """Inverse of :func:`parse_params` (keys sorted, ``default`` when empty)."""
-    if not params:
-        return DEFAULT_PARAMS
-    return "_".join(f"{k}~{params[k]}" for k in sorted(params))
+    return param_string(params)
 
 
 def drop_param(text: str, key: str) -> str:
@@ -232,17 +212,24 @@ def pool_seeds(df: pd.DataFrame, by: Iterable[str]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=by + ["mean", "std", "n", "n_rows", "status"])
 
 
-def fmt_number(x: float) -> str:
+def decimals(x: float) -> int:
+    """Decimals shown for a value of this magnitude (about four significant digits, at most three decimals)."""
+    a = abs(x)
+    return 0 if a >= 1000 else 1 if a >= 100 else 2 if a >= 10 else 3
+
+
+def fmt_number(x: float, ndigits: int | None = None) -> str:
     if x is None or not math.isfinite(x):
         return "nan"
-    a = abs(x)
-    if a >= 1000:
-        return f"{x:.0f}"
-    if a >= 100:
-        return f"{x:.1f}"
-    if a >= 10:
-        return f"{x:.2f}"
-    return f"{x:.3f}"
+    return f"{x:.{decimals(x) if ndigits is None else ndigits}f}"
+
+
+def fmt_mean_std(mean: float, std: float | None = None) -> str:
+    """``mean`` or ``mean ± std`` with the std at the mean's precision (``20.00 ± 0.50``)."""
+    nd = decimals(mean) if mean is not None and math.isfinite(mean) else None
+    if std is None or not math.isfinite(std):
+        return fmt_number(mean, nd)
+    return f"{fmt_number(mean, nd)} ± {fmt_number(std, nd)}"
 
 
 def add_config_columns(df: pd.DataFrame) -> pd.DataFrame:

@@ -138,7 +138,7 @@ def tradeoff(cells: Cells, out_dir: Path) -> list[Path]:
         return []
     configs = config_order(clean)
     names, colors = _names(configs), _colors(configs)
-    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    fig, ax = plt.subplots(figsize=(6.6, 4.0))
     plotted = 0
     for c in configs:
         x = cells.cells.get((*c, NONE_ATTACK, DEFAULT_PARAMS, fx))
@@ -149,7 +149,6 @@ def tradeoff(cells: Cells, out_dir: Path) -> list[Path]:
             c[0], ("o", 6, colors[c]))
         ax.errorbar(x["mean"], y["mean"], xerr=_nan0(x["std"]), yerr=_nan0(y["std"]), marker=marker, ms=size,
                     color=color, capsize=2, linestyle="none", label=names[c])
-        ax.annotate(names[c], (x["mean"], y["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         plotted += 1
     if not plotted:
         plt.close(fig)
@@ -158,7 +157,7 @@ def tradeoff(cells: Cells, out_dir: Path) -> list[Path]:
     ax.set_xlabel(f"{_mlabel(fx)} (forget, lower = more forgetting)")
     ax.set_ylabel(f"{_mlabel(uy)} (utility)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False, loc="best")
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return _save(fig, out_dir, "tradeoff")
 
@@ -189,8 +188,7 @@ def attack_heatmaps(cells: Cells, out_dir: Path) -> list[Path]:
             continue
         names = _names(configs)
         fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(configs), 0.9 + 0.38 * len(rows)))
-        cmap = plt.get_cmap("viridis").copy()
-        cmap.set_bad("lightgrey")
+        cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
         im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap)
         ax.set_xticks(range(len(configs)), [names[c] for c in configs], rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(rows)), ["clean" if a == NONE_ATTACK else setting_label(a, s) for a, s in rows],
@@ -232,12 +230,12 @@ def prism_ablation_bars(cells: Cells, out_dir: Path) -> list[Path]:
             means.append(cell["mean"] if cell is not None and cell["n"] else np.nan)
             stds.append(_nan0(cell["std"]) if cell is not None and cell["n"] else 0.0)
         xs = np.arange(len(configs)) + (k - (len(metrics) - 1) / 2) * width
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=_mlabel(metric))
+        ax.bar(xs, means, width, yerr=stds if any(stds) else None, capsize=2, label=_mlabel(metric))
     ax.set_xticks(range(len(configs)), labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score")
-    ax.set_title("PRISM ablations", fontsize=9)
-    ax.legend(fontsize=7, frameon=False, ncol=len(metrics))
+    ax.set_ylabel("score (clean)")
+    ax.set_title("PRISM ablations", fontsize=9, pad=18)
+    ax.legend(fontsize=7, frameon=False, ncol=len(metrics), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, out_dir, "prism_ablation")

@@ -21,7 +21,7 @@ import pandas as pd
 from robust_unlearning.report.collect import write_csv
 from robust_unlearning.report.common import (
     COST_METRICS, DEFAULT_PARAMS, METRIC_LABELS, NA, NONE_ATTACK, PROMPT_ATTACKS, US_DEFINITION, US_METRICS,
-    WHITEBOX_ATTACKS, add_config_columns, attack_key, config_order, fmt_number, method_label, metrics_order,
+    WHITEBOX_ATTACKS, add_config_columns, attack_key, config_order, fmt_mean_std, method_label, metrics_order,
     parse_params, pool_seeds, setting_label, settings_order)
 from robust_unlearning.utils.io import atomic_write_text
 
@@ -74,7 +74,7 @@ class Table:
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "†": r"$^\dagger$",
-        "–": "--", "·": r"$\cdot$", "−": "$-$", "≥": r"$\geq$", "|": r"$|$"}
+        "–": "--", "·": r"$\cdot$", "−": "$-$", "≥": r"$\geq$", "|": r"$|$", "§": r"\S{}"}
 
 
 def tex_escape(text: str) -> str:
@@ -97,9 +97,7 @@ class Cells:
             return EMPTY
         if cell["n"] == 0:
             return cell["status"]
-        body = fmt_number(cell["mean"])
-        if cell["n"] > 1:
-            body += " ± " + fmt_number(cell["std"])
+        body = fmt_mean_std(cell["mean"], cell["std"] if cell["n"] > 1 else None)
         if cell["status"] == "partial":
             self.partial = True
             body += " †"

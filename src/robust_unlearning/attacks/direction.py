@@ -1,0 +1,209 @@
+"""Representation-direction attacks (evaluation.md §6, §7.6, §7.7).
+
+Acceptance direction at block L_m (default: the last block): z(x) = block output at the last prompt token of the
+chat-templated prompt (generation prompt on); c_a = mean z over the fit half of D_a (retain questions, answered),
+c_b = mean over the fit half of D_b (forget questions); e_a = (c_a − c_b)/‖c_a − c_b‖ (same seeded 50/50 split as
+the margin metric). z is the residual stream the hooks modify (block output before the final norm), so the
+vector is measured where it is added.
+
+- ``steer``: add λ·‖c_a − c_b‖·e_a to block L_m's output at every position, prompt and generated (λ = 1 moves the
+  forget centre onto the acceptance centre).
+- ``ablate``: h ← h − (h·d̂)d̂ with d̂ = e_a on the output of the chosen blocks (default all), as in the
+  orthogonalisation attack.
+Metrics under the hook: answer-match ASR (greedy), refusal rate, forget / retain cloze MCQ accuracy (+ clean).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal, Optional, Sequence, Union
+
+import torch
+
+from ..utils.io import atomic_write_json, read_json
+from .common import (block_output_hook, capture_block_output, chat_prompt, cloze_accuracy, config_from_artefact,
+                     decoder_blocks, encode_plain, forget_qa_items, generate_texts, item_record, judge_outputs,
+                     load_for_attack, model_device, pad_rows, rate_metrics, resolve_layer, seeded_subset,
+                     write_attack_json)
+from .config import AttackConfig
+from .registry import register_attack
+
+VECTORS = "direction.safetensors"
+INFO = "direction.json"
+
+
+@torch.no_grad()
+def last_token_block_output(model, tokenizer, questions: Sequence[str], layer: int, batch_size: int = 32
+                            ) -> torch.Tensor:
+    """Block ``layer`` output at the last prompt token, one row per question (batched, right padding)."""
+    ids = [encode_plain(tokenizer, chat_prompt(tokenizer, q)) for q in questions]
+    dev = model_device(model)
+    feats = []
+    for s in range(0, len(ids), batch_size):
+        chunk = ids[s:s + batch_size]
+        x, att = pad_rows(chunk, tokenizer.pad_token_id, dev)
+        with capture_block_output(model, layer) as st:
+            model(input_ids=x, attention_mask=att)
+        last = torch.tensor([len(r) - 1 for r in chunk], device=dev)
+        feats.append(st["h"][torch.arange(len(chunk), device=dev), last].float().cpu())
+    return torch.cat(feats)
+
+
+def acceptance_direction(model, tokenizer, d_a: Sequence[str], d_b: Sequence[str], layer: int, seed: int,
+                         batch_size: int = 32) -> dict:
+    from ..metrics.margin import split_half
+
+    fa, _ = split_half(len(d_a), seed, "D_a")
+    fb, _ = split_half(len(d_b), seed, "D_b")
+    if not fa or not fb:
+        raise ValueError("direction: need at least 2 prompts in each anchor set")
+    c_a = last_token_block_output(model, tokenizer, [d_a[i] for i in fa], layer, batch_size).double().mean(0)
+    c_b = last_token_block_output(model, tokenizer, [d_b[i] for i in fb], layer, batch_size).double().mean(0)
+    norm = float((c_a - c_b).norm())
+    if norm == 0.0:
+        raise ValueError("direction: acceptance and refusal centres coincide")
+    return {"c_a": c_a.float(), "c_b": c_b.float(), "e_a": ((c_a - c_b) / norm).float(), "norm": norm,
+            "n_fit_a": len(fa), "n_fit_b": len(fb)}
+
+
+def parse_layers(spec: int | str, n_blocks: int | None) -> list[int]:
+    """"all" | "last" | int | "i,j,k" → block indices (negative count from the end); n_blocks None: syntax only."""
+    if isinstance(spec, int):
+        idx = [spec]
+    elif spec in ("all", "last"):
+        if n_blocks is None:
+            return []
+        return list(range(n_blocks)) if spec == "all" else [n_blocks - 1]
+    else:
+        try:
+            idx = [int(x) for x in str(spec).split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"expected 'all', 'last', an index or comma-separated indices, got {spec!r}") from None
+        if not idx:
+            raise ValueError("no layer given")
+    if n_blocks is None:
+        return idx
+    out = []
+    for i in idx:
+        j = i if i >= 0 else n_blocks + i
+        if not 0 <= j < n_blocks:
+            raise ValueError(f"layer {i} out of range for {n_blocks} blocks")
+        out.append(j)
+    return out
+
+
+@contextlib.contextmanager
+def direction_hooks(model, mode: str, e_a: torch.Tensor, scale: float, layer: int, ablate_layers):
+    """steer: h + scale·e_a at ``layer``; ablate: h − (h·d̂)d̂ at each of ``ablate_layers``."""
+    dev = model_device(model)
+    with contextlib.ExitStack() as stack:
+        if mode == "steer":
+            v = (scale * e_a).to(dev)
+            stack.enter_context(block_output_hook(model, layer, lambda h: h + v.to(h.dtype)))
+        else:
+            d = (e_a / e_a.norm()).to(dev)
+
+            def ablate(h):
+                dd = d.to(h.dtype)
+                return h - (h @ dd)[..., None] * dd
+
+            for l in ablate_layers:
+                stack.enter_context(block_output_hook(model, l, ablate))
+        yield
+
+
+@register_attack("direction")
+class Direction:
+    kind = "input"
+
+    @dataclass
+    class Config(AttackConfig):
+        attack_name: ClassVar[str] = "direction"
+        mode: Literal["steer", "ablate"] = "steer"
+        lam: float = 1.0
+        layer: Optional[int] = None                 # L_m as a block index; None = last block
+        # ablate mode: "all", "last", one block index, or comma-separated indices "5,6,7" (a string, because a
+        # list in the config is a grid axis)
+        ablate_layers: Union[int, str] = "all"
+        anchors: Literal["mcq", "knowmem"] = "mcq"
+        source: Literal["mcq", "knowmem"] = "mcq"
+        eval_items: Optional[int] = None
+        max_new_tokens: int = 32
+        batch_size: int = 32
+
+        def check(self) -> None:
+            self.require(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1")
+            self.require(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+            self.require(self.eval_items is None or self.eval_items >= 1, "eval_items", "must be ≥ 1 or null")
+            try:
+                parse_layers(self.ablate_layers, None)
+            except ValueError as exc:
+                self.fail("ablate_layers", str(exc))
+
+    @classmethod
+    def prepare(cls, model_dir, bench, params: dict, out_dir, seed: int, device: str = "auto") -> dict:
+        from safetensors.torch import save_file
+
+        from ..metrics.margin import anchor_prompts
+
+        started = time.time()
+        cfg = cls.Config.from_dict(params)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model, tok = load_for_attack(model_dir, device)
+        layer = resolve_layer(model, cfg.layer)
+        d_a, d_b = anchor_prompts(bench, cfg.anchors)
+        res = cls.fit(model, tok, d_a, d_b, layer, seed, cfg.batch_size)
+        save_file({k: res[k].contiguous() for k in ("c_a", "c_b", "e_a")}, str(out_dir / VECTORS))
+        info = {"layer": layer, "norm": res["norm"], "n_fit_a": res["n_fit_a"], "n_fit_b": res["n_fit_b"]}
+        atomic_write_json(out_dir / INFO, info)
+        return write_attack_json(out_dir, cls, cfg, seed, model_dir, bench, started, result=info)
+
+    fit = staticmethod(acceptance_direction)
+
+    @classmethod
+    def evaluate(cls, model, tokenizer, bench, artefact_dir, eval_cfg: dict | None, seed: int):
+        from safetensors.torch import load_file
+
+        cfg, _ = config_from_artefact(cls, artefact_dir)
+        vec = load_file(str(Path(artefact_dir) / VECTORS))
+        info = read_json(Path(artefact_dir) / INFO)
+        layer = int(info["layer"])
+        ablate = parse_layers(cfg.ablate_layers, len(decoder_blocks(model)))
+        def hooks():
+            return direction_hooks(model, cfg.mode, vec["e_a"], cfg.lam * info["norm"], layer, ablate)
+
+        items = forget_qa_items(bench, cfg.source)
+        if cfg.eval_items:
+            items = seeded_subset(items, cfg.eval_items, seed, "direction_eval")
+        prompts = [chat_prompt(tokenizer, it["question"]) for it in items]
+        with hooks():
+            outs = generate_texts(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                                  batch_size=cfg.batch_size)
+        outs_clean = generate_texts(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                                    batch_size=cfg.batch_size)
+        aliases = [it["aliases"] for it in items]
+        succ, refu = judge_outputs(outs, aliases)
+        succ_clean, refu_clean = judge_outputs(outs_clean, aliases)
+        n = max(1, len(items))
+        metrics = {**rate_metrics(succ, "asr"), "asr_clean": sum(succ_clean) / n, "refusal_rate": sum(refu) / n,
+                   "refusal_rate_clean": sum(refu_clean) / n, "n_items": len(items), "layer": layer,
+                   "direction_norm": info["norm"]}
+        if cfg.mode == "ablate":
+            metrics["n_ablated_layers"] = len(ablate)
+        bos = bool((eval_cfg or {}).get("mcq_bos", False))
+        for split in ("forget", "retain"):
+            mcq = [it for it in forget_qa_items(bench, "mcq", split) if it.get("choices")]
+            if not mcq:
+                continue
+            with hooks():
+                acc, _ = cloze_accuracy(model, tokenizer, mcq, bos=bos)
+            acc_clean, _ = cloze_accuracy(model, tokenizer, mcq, bos=bos)
+            metrics.update({f"{split}_mcq_acc": acc, f"{split}_mcq_acc_clean": acc_clean,
+                            f"{split}_mcq_gain": acc - acc_clean})
+        records = [item_record(it["item_id"], p, o, s, judge_raw={"answer_match": s, "refusal": f},
+                               meta={"mode": cfg.mode, "lam": cfg.lam, "clean_output": oc, "clean_success": sc})
+                   for it, p, o, s, f, oc, sc in zip(items, prompts, outs, succ, refu, outs_clean, succ_clean)]
+        return metrics, records

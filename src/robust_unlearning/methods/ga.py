@@ -1,0 +1,25 @@
+"""GA — gradient ascent on the forget set (method.md §3): L = −CE_θ(B_f)."""
+from __future__ import annotations
+
+import dataclasses
+
+from . import losses as L
+from .base import LossMethod
+from .registry import ConfigBase, num, register_method
+
+
+@register_method("ga")
+class GA(LossMethod):
+    """Unbounded objective: utility collapses quickly; evaluate several checkpoints (method.md §3)."""
+
+    @dataclasses.dataclass
+    class Config(ConfigBase):
+        lr: float = num(1e-5, gt=0)
+
+    @property
+    def lambda_f(self) -> float:
+        return 1.0
+
+    def forget_loss(self, ctx, mb):
+        v = L.ga_loss(ctx.forward(mb).logits, mb.labels, denom=ctx.forget_tokens)
+        return v, {"loss_ga": v}

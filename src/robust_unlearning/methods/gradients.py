@@ -1,0 +1,196 @@
+"""Gradient helpers for multi-pass methods (method.md §10.3, §10.4, §13.3).
+
+Every helper works on an explicit, ordered list of parameters (keyed by parameter, never by "has a gradient",
+cf. defect D16), computes norms and inner products in fp32, and reuses caller-owned buffers instead of
+allocating gradient-sized copies each step (method.md §13.1: one spare buffer for PRISM).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A loss term (or gradient norm) is NaN/Inf; the loop turns it into a DivergenceError."""
+
+    def __init__(self, term: str, value: float, phase: str = ""):
+        self.term, self.value, self.phase = term, value, phase
+        super().__init__(f"non-finite {term} = {value}" + (f" in phase {phase!r}" if phase else ""))
+
+
+def grads_of(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The ``.grad`` of each parameter; a parameter without a gradient gets a zero tensor (kept in ``.grad``)."""
+    out = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        out.append(p.grad)
+    return out
+
+
+def zero_grads(params: Sequence[torch.Tensor]) -> None:
+    """Zero in place (keeps the allocation; ``None`` grads stay ``None``)."""
+    gs = [p.grad for p in params if p.grad is not None]
+    if gs:
+        torch._foreach_zero_(gs)
+
+
+def per_tensor_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[float]:
+    """⟨a_j, b_j⟩ per tensor in fp32, gathered with one host sync."""
+    vals = [torch.dot(x.detach().reshape(-1).float(), y.detach().reshape(-1).float()) for x, y in zip(a, b)]
+    if not vals:
+        return []
+    dev = vals[0].device
+    return torch.stack([v.to(dev) for v in vals]).tolist()
+
+
+def dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    """Global ⟨a, b⟩ over all tensors (fp32 per tensor, summed in double)."""
+    return float(sum(per_tensor_dots(a, b)))
+
+
+def global_norm(tensors: Sequence[torch.Tensor]) -> float:
+    """‖·‖ over all tensors jointly, fp32 per tensor (method.md §1)."""
+    if not tensors:
+        return 0.0
+    norms = [torch.linalg.vector_norm(t.detach(), dtype=torch.float32) for t in tensors]
+    return float(torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms])))
+
+
+def accumulate_grad(loss_fn: Callable, microbatches: Iterable, phase: str = "",
+                    on_backward: Callable[[], None] | None = None) -> dict[str, float]:
+    """Σ_j ∇ loss_fn(mb_j) accumulated in ``.grad``; returns the summed logged terms.
+
+    ``loss_fn(mb)`` returns ``(loss, terms)`` where ``loss`` is already normalised by the *logical*-batch
+    denominator (so the accumulated gradient equals the full-batch gradient, method.md §13.3) and ``terms``
+    maps names to the tensors/floats to log. Raises :class:`NonFiniteLoss` before a non-finite backward.
+    """
+    totals: dict[str, float] = {}
+    for mb in microbatches:
+        loss, terms = loss_fn(mb)
+        values = {k: (float(v.detach()) if torch.is_tensor(v) else float(v)) for k, v in terms.items()}
+        lv = float(loss.detach())
+        for k, v in values.items():
+            if not math.isfinite(v):
+                raise NonFiniteLoss(k, v, phase)
+        if not math.isfinite(lv):
+            raise NonFiniteLoss(f"loss_{phase}" if phase else "loss", lv, phase)
+        if loss.requires_grad:
+            loss.backward()
+            if on_backward is not None:
+                on_backward()
+        for k, v in values.items():
+            totals[k] = totals.get(k, 0.0) + v
+    return totals
+
+
+# ------------------------------------------------------------------------------------------------- SAM
+
+def sam_perturb(params: Sequence[torch.Tensor], rho: float, buffer: Sequence[torch.Tensor],
+                restore: str = "copy") -> tuple[float, float]:
+    """θ ← θ + δ, δ = ρ·g/‖g‖ with g = current ``.grad`` (method.md §10.3). Returns (scale = ρ/‖g‖, ‖g‖).
+
+    ``restore="copy"`` stores θ in ``buffer`` (exact restore, default); ``"subtract"`` stores g there (reference
+    behaviour: θ −= δ afterwards, not bit-exact in bf16, defect D11). δ = 0 if ρ = 0 or ‖g‖ = 0.
+    """
+    g = grads_of(params)
+    n = global_norm(g)
+    scale = rho / (n + 1e-12) if (rho > 0 and n > 0) else 0.0
+    with torch.no_grad():
+        src = [p.data for p in params] if restore == "copy" else g
+        torch._foreach_copy_(list(buffer), src)
+        if scale:
+            torch._foreach_add_([p.data for p in params], g, alpha=scale)
+    return scale, n
+
+
+def sam_restore(params: Sequence[torch.Tensor], buffer: Sequence[torch.Tensor], scale: float,
+                restore: str = "copy") -> None:
+    """Undo :func:`sam_perturb`: θ ← backup (``copy``) or θ ← θ − scale·g (``subtract``)."""
+    with torch.no_grad():
+        if restore == "copy":
+            torch._foreach_copy_([p.data for p in params], list(buffer))
+        elif scale:
+            torch._foreach_add_([p.data for p in params], list(buffer), alpha=-scale)
+
+
+# ------------------------------------------------------------------------------------------------- GCD
+
+def gcd_coefficients(g_f: Sequence[torch.Tensor], g_r: Sequence[torch.Tensor], scope: str = "global",
+                     mode: str = "always", eps: float = 1e-6) -> tuple[list[float], dict]:
+    """Projection coefficients c_j such that g_f⊥,j = g_f,j − c_j·g_r,j (method.md §10.4).
+
+    ``global``: one c = ⟨g_f,g_r⟩/(‖g_r‖²+ε) for every tensor (paper); ``per_tensor``: c_j per tensor with
+    ‖g_r,j‖ > 0 (released code, D5); ``none``: c = 0. ``conflict_only`` projects only where the inner product
+    (global, or per tensor) is negative. Returns (coefficients, stats with the global inner product and norms).
+    """
+    d = per_tensor_dots(g_f, g_r)
+    rr = per_tensor_dots(g_r, g_r)
+    ff = per_tensor_dots(g_f, g_f)
+    inner, nr2, nf2 = sum(d), sum(rr), sum(ff)
+    stats = {"gf_dot_gr": inner, "gnorm_f": math.sqrt(max(nf2, 0.0)), "gnorm_r": math.sqrt(max(nr2, 0.0))}
+    denom = math.sqrt(max(nf2, 0.0) * max(nr2, 0.0))
+    stats["cos_fr"] = inner / denom if denom > 0 else 0.0
+    n = len(d)
+    if scope == "none":
+        coeffs = [0.0] * n
+    elif scope == "global":
+        c = inner / (nr2 + eps) if nr2 > 0 else 0.0
+        if mode == "conflict_only" and inner >= 0:
+            c = 0.0
+        coeffs = [c] * n
+        stats["gcd_c"] = c
+    elif scope == "per_tensor":
+        coeffs = []
+        for dj, rj in zip(d, rr):
+            cj = dj / (rj + eps) if rj > 0 else 0.0
+            if mode == "conflict_only" and dj >= 0:
+                cj = 0.0
+            coeffs.append(cj)
+        stats["gcd_frac_projected"] = sum(1 for c in coeffs if c != 0.0) / max(n, 1)
+    else:
+        raise ValueError(f"gcd_scope must be global, per_tensor or none, got {scope!r}")
+    return coeffs, stats
+
+
+def project_out(g_f: Sequence[torch.Tensor], g_r: Sequence[torch.Tensor], scope: str = "global",
+                mode: str = "always", eps: float = 1e-6) -> dict:
+    """In place: g_f ← g_f − c·g_r (global or per tensor). Returns the stats of :func:`gcd_coefficients`."""
+    coeffs, stats = gcd_coefficients(g_f, g_r, scope, mode, eps)
+    with torch.no_grad():
+        for x, y, c in zip(g_f, g_r, coeffs):
+            if c:
+                x.add_(y, alpha=-c)
+    return stats
+
+
+def combine_gcd(g_f: Sequence[torch.Tensor], out_g_r: Sequence[torch.Tensor], lambda_f: float, lambda_r: float,
+                scope: str = "global", mode: str = "always", eps: float = 1e-6) -> dict:
+    """In place on ``out_g_r`` (the ``.grad`` tensors holding g_r): g ← λ_f·(g_f − c·g_r) + λ_r·g_r.
+
+    Written as g_r·(λ_r − λ_f·c) + λ_f·g_f so that no third gradient-sized buffer is needed.
+    """
+    coeffs, stats = gcd_coefficients(g_f, out_g_r, scope, mode, eps)
+    with torch.no_grad():
+        for f, r, c in zip(g_f, out_g_r, coeffs):
+            r.mul_(lambda_r - lambda_f * c).add_(f, alpha=lambda_f)
+    return stats
+
+
+def grad_stats(g_f: Sequence[torch.Tensor], g_r: Sequence[torch.Tensor]) -> dict:
+    """‖g_f‖, ‖g_r‖ and cos(g_f, g_r) (fp32), for the per-step log."""
+    _, stats = gcd_coefficients(g_f, g_r, "none")
+    return stats
+
+
+def clip_grads(params: Sequence[torch.Tensor], max_norm: float | None) -> float:
+    """Clip the final combined gradient to ``max_norm`` (global, fp32 norm; torch's 1e-6 guard). Returns the pre-clip norm."""
+    g = [p.grad for p in params if p.grad is not None]
+    n = global_norm(g)
+    if max_norm is not None and math.isfinite(n) and n > max_norm:
+        coef = max_norm / (n + 1e-6)
+        with torch.no_grad():
+            torch._foreach_mul_(g, coef)
+    return n

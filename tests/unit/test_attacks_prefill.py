@@ -1,0 +1,67 @@
+"""Prefill attack: k-token prefix after the chat-templated user turn, answer-in-prefix exclusion, judging."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import test_attacks_support as S  # noqa: E402
+from test_attacks_support import one_thread  # noqa: E402,F401  (autouse fixture)
+
+from robust_unlearning.attacks import prefill as P  # noqa: E402
+from robust_unlearning.utils.io import read_jsonl  # noqa: E402
+
+
+def test_prefix_is_first_k_tokens(tiny_tokenizer):
+    ans = "Records from the marsh survey describe the pathogen in detail and the period is 12 days"
+    pre = P.make_prefix(tiny_tokenizer, ans, 5)
+    ids = tiny_tokenizer(ans, add_special_tokens=False)["input_ids"]
+    assert pre == tiny_tokenizer.decode(ids[:5]) and ans.startswith(pre)
+
+
+def test_prefill_prepare_and_evaluate(micro_model, tiny_tokenizer, tmp_path, monkeypatch):
+    S.install_fallbacks(monkeypatch)
+    src = S.save_tiny(micro_model, tiny_tokenizer, tmp_path / "m")
+    doc = P.Prefill.prepare(src, S.FakeBench(), {"k": 6, "max_new_tokens": 8}, tmp_path / "a", seed=0, device="cpu")
+    rows = read_jsonl(tmp_path / "a" / P.ITEMS_FILE)
+    assert [r["answer_in_prefix"] for r in rows] == [False, True, False]
+    assert doc["result"]["n_answer_in_prefix"] == 1
+    user = S.FakeBench().prefill()[0]["messages"][0]
+    templ = tiny_tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+    assert rows[0]["prompt"] == templ + " " + rows[0]["prefix"]
+    m1, items1 = P.Prefill.evaluate(micro_model, tiny_tokenizer, S.FakeBench(), tmp_path / "a", {}, seed=1)
+    m2, items2 = P.Prefill.evaluate(micro_model, tiny_tokenizer, S.FakeBench(), tmp_path / "a", {}, seed=1)
+    assert [i["output"] for i in items1] == [i["output"] for i in items2]      # seeded per item
+    assert m1["n_judged"] == 2 and m1["n_answer_in_prefix"] == 1 and m1["n_items"] == 3
+    assert {"asr", "asr_ci_low", "asr_ci_high", "refusal_rate"} <= set(m1)
+    assert items1[1]["meta"]["excluded"] and "success" not in items1[1]
+
+
+def test_prefill_judges_the_continuation(micro_model, tiny_tokenizer, tmp_path, monkeypatch):
+    S.install_fallbacks(monkeypatch)
+    src = S.save_tiny(micro_model, tiny_tokenizer, tmp_path / "m")
+    P.Prefill.prepare(src, S.FakeBench(), {"k": 6}, tmp_path / "a", seed=0, device="cpu")
+    monkeypatch.setattr(P, "generate_texts", lambda *a, **k: ["it is twelve days.", "I'm sorry, I cannot."])
+    m, items = P.Prefill.evaluate(micro_model, tiny_tokenizer, S.FakeBench(), tmp_path / "a", {}, seed=0)
+    assert m["asr"] == 0.5 and m["refusal_rate"] == 0.5
+    # Wilson 95% for 1/2: centre 0.5, half-width ≈ 0.405
+    assert m["asr_ci_low"] == pytest.approx(0.0945, abs=1e-3) and m["asr_ci_high"] == pytest.approx(0.9055, abs=1e-3)
+    assert [i.get("success") for i in items] == [True, None, False]
+
+
+def test_prefill_best_of_n(micro_model, tiny_tokenizer, tmp_path, monkeypatch):
+    S.install_fallbacks(monkeypatch)
+    src = S.save_tiny(micro_model, tiny_tokenizer, tmp_path / "m")
+    P.Prefill.prepare(src, S.FakeBench(), {"k": 6, "best_of": 3}, tmp_path / "a", seed=0, device="cpu")
+    calls = []
+
+    def fake(model, tok, prompts, **kw):
+        calls.append(kw["seeds"])
+        return ["nothing"] * len(prompts) if len(calls) == 1 else ["twelve days"] + ["no"] * (len(prompts) - 1)
+
+    monkeypatch.setattr(P, "generate_texts", fake)
+    m, _ = P.Prefill.evaluate(micro_model, tiny_tokenizer, S.FakeBench(), tmp_path / "a", {}, seed=0)
+    assert m["asr"] == 0.0 and m["asr_best_of_3"] == 0.5 and "asr_best_of_3_ci_low" in m
+    assert len(calls[1]) == 4 and len(set(calls[0] + calls[1])) == 6      # distinct per-item, per-sample seeds

@@ -1,0 +1,111 @@
+"""Config schema, defaults and grid expansion: bad configs fail with a message naming the key."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robust_unlearning.config import (ConfigValidationError, format_value, param_string, parse_param_string,
+                                      unlearn_runs, validate_config)
+from robust_unlearning.config.grid import attack_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def base_config():
+    return yaml.safe_load((ROOT / "tests" / "e2e" / "mini_config.yaml").read_text())
+
+
+def test_default_and_mini_configs_are_valid(base_config):
+    validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    cfg = validate_config(base_config)
+    assert cfg["results_dir"] == "results"            # default filled in
+    assert cfg["model"]["allow_pickle"] is False      # nested default filled in
+
+
+def test_yaml_scientific_strings_become_numbers(base_config):
+    cfg = copy.deepcopy(base_config)
+    cfg["unlearning"]["methods"]["npo"]["lr"] = ["1e-4"]  # PyYAML reads 1e-4 as a string
+    out = validate_config(cfg)
+    assert out["unlearning"]["methods"]["npo"]["lr"] == [1e-4]
+
+
+def _set(cfg, dotted, value):
+    keys = dotted.split(".")
+    node = cfg
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+def _delete(cfg, dotted):
+    keys = dotted.split(".")
+    node = cfg
+    for k in keys[:-1]:
+        node = node[k]
+    del node[keys[-1]]
+
+
+BAD = [
+    # (mutation, key that the message must name)
+    (lambda c: _set(c, "bogus_top", 1), "bogus_top"),
+    (lambda c: _set(c, "benchmark.colour", "red"), "benchmark.colour"),
+    (lambda c: _set(c, "benchmark.name", "mmlu_pro"), "benchmark.name"),
+    (lambda c: _set(c, "benchmark.size", 3), "benchmark.size"),
+    (lambda c: _set(c, "model.source", "ftp"), "model.source"),
+    (lambda c: _set(c, "model.train.lr", -1.0), "model.train.lr"),
+    (lambda c: _set(c, "model.train.epochs", "many"), "model.train.epochs"),
+    (lambda c: _set(c, "unlearning.seeds", [0, 0]), "unlearning.seeds"),
+    (lambda c: _set(c, "unlearning.seeds", []), "unlearning.seeds"),
+    (lambda c: _set(c, "unlearning.methods", {}), "unlearning.methods"),
+    (lambda c: _delete(c, "unlearning.methods"), "unlearning.methods"),
+    (lambda c: _set(c, "unlearning.methods.npo.beta", [0.1, 0.1]), "unlearning.methods.npo.beta"),
+    (lambda c: _set(c, "unlearning.methods.npo.beta", []), "unlearning.methods.npo.beta"),
+    (lambda c: _set(c, "unlearning.methods.npo.lr", [-1e-3]), "unlearning.methods.npo.lr"),
+    (lambda c: _set(c, "unlearning.methods.npo.beta", [0.0]), "unlearning.methods.npo.beta"),
+    (lambda c: _set(c, "unlearning.methods.ga.rho", [0.01]), "unlearning.methods.ga.rho"),
+    (lambda c: _set(c, "unlearning.methods.teleport", {"lr": [1e-3]}), "unlearning.methods.teleport"),
+    (lambda c: _set(c, "attacks.enabled", ["telepathy"]), "attacks.enabled"),
+    (lambda c: _set(c, "attacks.gcg", {"steps": [5]}), "attacks.gcg"),
+    (lambda c: _set(c, "attacks.relearn.steps", [10, 10]), "attacks.relearn.steps"),
+    (lambda c: _set(c, "attacks.targets", ["nobody"]), "attacks.targets"),
+    (lambda c: _set(c, "model.source", "hub"), "model.name_or_path"),
+]
+
+
+@pytest.mark.parametrize("mutate,key", BAD, ids=[k for _, k in BAD])
+def test_bad_config_names_the_key(base_config, mutate, key):
+    cfg = copy.deepcopy(base_config)
+    mutate(cfg)
+    with pytest.raises(ConfigValidationError) as err:
+        validate_config(cfg)
+    assert key in str(err.value), str(err.value)
+
+
+def test_format_value_and_param_strings():
+    assert format_value(1e-4) == "1e-4"
+    assert format_value(0.1) == "0.1"
+    assert format_value(2.5e-5) == "2.5e-5"
+    assert format_value(10) == "10"
+    assert format_value(True) == "true"
+    assert param_string({"lr": 1e-4, "beta": 0.1}) == "beta~0.1_lr~1e-4"
+    assert param_string({}) == "default"
+    assert parse_param_string("gcd-scope~none_lr~1e-4") == {"gcd_scope": "none", "lr": "1e-4"}
+    assert format_value("per_tensor") == "per-tensor"
+    with pytest.raises(ValueError):
+        format_value("a/b")
+
+
+def test_grid_expansion_lists_are_axes_scalars_fixed(base_config):
+    cfg = copy.deepcopy(base_config)
+    cfg["unlearning"]["methods"]["npo"] = {"lr": [1e-3, 5e-4], "beta": [0.1], "retain_loss": "gdr"}
+    cfg["unlearning"]["seeds"] = [0, 1]
+    runs = [r for r in unlearn_runs(validate_config(cfg)) if r.method == "npo"]
+    assert len(runs) == 4
+    assert {r.model_id for r in runs} == {f"unlearn/npo/beta~0.1_lr~{lr}/seed~{s}"
+                                          for lr in ("1e-3", "5e-4") for s in (0, 1)}
+    assert all(r.settings["retain_loss"] == "gdr" for r in runs)
+    assert [a.params for a in attack_settings(validate_config(cfg))] == ["fraction~1_steps~10", "fraction~1_steps~50"]
