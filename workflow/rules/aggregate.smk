@@ -1,4 +1,4 @@
-# Stage 6: tidy CSV (single source of truth), paper-style tables and figures.
+# Stage 6: tidy CSV (single source of truth), paper-style tables and figures; `snakemake --report` collects them.
 
 
 rule aggregate:
@@ -7,13 +7,36 @@ rule aggregate:
         runs=[run_dir(r.model_id) for r in RUNS],
         landscapes=lambda wc: landscape_targets(),
     output:
-        csv=f"{B}/tables/metrics.csv",
-        summary=f"{B}/tables/summary.md",
-        figures=directory(f"{B}/figures"),
+        csv=report(
+            f"{B}/tables/metrics.csv",
+            caption="../report/metrics_csv.rst",
+            category="6. Aggregate",
+            subcategory="Tidy metrics",
+        ),
+        summary=report(
+            f"{B}/tables/summary.md",
+            caption="../report/summary.rst",
+            category="6. Aggregate",
+            subcategory="Summary",
+        ),
+        tables=report(
+            directory(f"{B}/tables/paper"),
+            patterns=["{name}.md"],
+            caption="../report/tables.rst",
+            category="6. Aggregate",
+            subcategory="Paper tables",
+        ),
+        figures=report(
+            directory(f"{B}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="6. Aggregate",
+            subcategory="Figures",
+        ),
     params:
+        bench=BENCH,
         expected=as_json(expected_cells()),
-        bench_dir=B,
-        tables=f"{B}/tables",
+        bench_dir=lambda wc, output: os.path.dirname(os.path.dirname(output.csv)),
     log:
         f"{B}/logs/aggregate.log",
     benchmark:
@@ -25,6 +48,6 @@ rule aggregate:
         mem_mb=2000,
         runtime=20,
     shell:
-        "ru aggregate --benchmark-name {BENCH:q} --bench-dir {params.bench_dir:q} --expected {params.expected:q}"
-        " --tables-dir {params.tables:q} --figures-dir {output.figures:q} --landscapes {input.landscapes:q}"
-        " > {log:q} 2>&1"
+        "ru aggregate --benchmark-name {params.bench:q} --bench-dir {params.bench_dir:q} --expected {params.expected:q}"
+        " --csv {output.csv:q} --summary {output.summary:q} --tables-dir {output.tables:q}"
+        " --figures-dir {output.figures:q} --landscapes {input.landscapes:q} > {log:q} 2>&1"

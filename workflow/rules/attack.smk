@@ -3,19 +3,6 @@
 # settings) are built once per setting and applied by the evaluation rule.
 
 
-def attack_seed(model_id):
-    return int(model_id.rsplit("seed~", 1)[1]) if "seed~" in model_id else 0
-
-
-def attacked_model_input(wildcards):
-    inputs = {"data": f"{B}/data"}
-    if wildcards.model_id.startswith("unlearn/"):
-        inputs["run"] = run_dir(wildcards.model_id)
-    else:
-        inputs["model"] = model_dir(wildcards.model_id)
-    return inputs
-
-
 rule attack_model:
     input:
         unpack(attacked_model_input),

@@ -3,7 +3,7 @@ import json
 import shlex
 
 from robust_unlearning.config import validate_config
-from robust_unlearning.config.grid import attack_settings, has_retrain, unlearn_runs
+from robust_unlearning.config.grid import attack_settings, has_pretrained, has_retrain, unlearn_runs
 
 try:
     config = validate_config(config)
@@ -29,7 +29,7 @@ wildcard_constraints:
     seed=r"\d+",
     attack=r"none|relearn|prefill|jailbreak_templates|multi_turn|gcg|latent|direction|quantize|weight_noise",
     aparams=r"[^/]+",
-    model_id=r"models/base|models/retrain|unlearn/[a-z_]+/[^/]+/seed~\d+",
+    model_id=r"models/base|models/retrain|models/pretrained|unlearn/[a-z_]+/[^/]+/seed~\d+",
 
 
 def as_json(obj):
@@ -57,7 +57,8 @@ def attacked_model_ids():
 
 
 def clean_eval_ids():
-    ids = ["models/base"] + (["models/retrain"] if has_retrain(config) else [])
+    ids = ["models/pretrained"] if has_pretrained(config) else []
+    ids += ["models/base"] + (["models/retrain"] if has_retrain(config) else [])
     return ids + [r.model_id for r in RUNS]
 
 
@@ -90,3 +91,73 @@ def landscape_targets():
     if not config["report"]["loss_landscape"]:
         return []
     return [f"{B}/landscape/{m}/landscape.json" for m in clean_eval_ids()]
+
+
+def unlearn_inputs(wildcards):
+    inputs = {"data": f"{B}/data", "base": f"{B}/models/base"}
+    if wildcards.method == "prism":
+        inputs["probe"] = f"{B}/probe/seed~{wildcards.seed}"
+    return inputs
+
+
+def unlearn_settings(wildcards):
+    run = RUN_BY_ID[f"unlearn/{wildcards.method}/{wildcards.params}/seed~{wildcards.seed}"]
+    return as_json(run.settings)
+
+
+def attack_seed(model_id):
+    return int(model_id.rsplit("seed~", 1)[1]) if "seed~" in model_id else 0
+
+
+def attacked_model_input(wildcards):
+    inputs = {"data": f"{B}/data"}
+    if wildcards.model_id.startswith("unlearn/"):
+        inputs["run"] = run_dir(wildcards.model_id)
+    else:
+        inputs["model"] = model_dir(wildcards.model_id)
+    return inputs
+
+
+def eval_inputs(wildcards):
+    mid, attack = wildcards.model_id, wildcards.attack
+    inputs = {"data": f"{B}/data"}
+    if mid.startswith("unlearn/"):
+        inputs["run"] = run_dir(mid)
+    else:
+        inputs["model"] = model_dir(mid)
+    if attack != "none":
+        inputs["artefact"] = attack_out(attack, wildcards.aparams, mid)
+    if has_retrain(config) and mid != "models/retrain":
+        inputs["reference"] = eval_path("models/retrain")
+    return inputs
+
+
+def eval_model_dir(wildcards):
+    if wildcards.attack in MODEL_ATTACKS:
+        return f"{attack_out(wildcards.attack, wildcards.aparams, wildcards.model_id)}/model"
+    return model_dir(wildcards.model_id)
+
+
+def eval_options(wildcards, input):
+    opts = []
+    if "artefact" in input.keys():
+        opts += ["--artefact-dir", input.artefact]
+    if "reference" in input.keys():
+        opts += ["--reference", input.reference]
+    if "run" in input.keys():
+        opts += ["--run-json", f"{input.run}/run.json"]
+    if wildcards.attack != "none":
+        opts += ["--attack-settings", as_json(ATTACK_BY_KEY[(wildcards.attack, wildcards.aparams)].settings)]
+    return " ".join(shlex.quote(o) for o in opts)
+
+
+def landscape_label(wildcards):
+    """Legend label: base / retrain, or '<method> <params>'."""
+    parts = wildcards.model_id.split("/")
+    return parts[-1] if parts[0] == "models" else f"{parts[1]} {parts[2]}"
+
+
+def pretrained_inputs(wildcards):
+    """model.finetune: the base model and the oracle are fine-tuned from models/pretrained (`ru cache-model`
+    finds it as the sibling folder of its --out, so the rules' shell commands stay unchanged)."""
+    return {"pretrained": f"{B}/models/pretrained"} if has_pretrained(config) else {}

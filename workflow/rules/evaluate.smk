@@ -1,39 +1,6 @@
 # Stage 5: one job per (model, attack setting). Clean evaluations use attack "none" and params "default".
 
 
-def eval_inputs(wildcards):
-    mid, attack = wildcards.model_id, wildcards.attack
-    inputs = {"data": f"{B}/data"}
-    if mid.startswith("unlearn/"):
-        inputs["run"] = run_dir(mid)
-    else:
-        inputs["model"] = model_dir(mid)
-    if attack != "none":
-        inputs["artefact"] = attack_out(attack, wildcards.aparams, mid)
-    if has_retrain(config) and mid != "models/retrain":
-        inputs["reference"] = eval_path("models/retrain")
-    return inputs
-
-
-def eval_model_dir(wildcards):
-    if wildcards.attack in MODEL_ATTACKS:
-        return f"{attack_out(wildcards.attack, wildcards.aparams, wildcards.model_id)}/model"
-    return model_dir(wildcards.model_id)
-
-
-def eval_options(wildcards, input):
-    opts = []
-    if "artefact" in input.keys():
-        opts += ["--artefact-dir", input.artefact]
-    if "reference" in input.keys():
-        opts += ["--reference", input.reference]
-    if "run" in input.keys():
-        opts += ["--run-json", f"{input.run}/run.json"]
-    if wildcards.attack != "none":
-        opts += ["--attack-settings", as_json(ATTACK_BY_KEY[(wildcards.attack, wildcards.aparams)].settings)]
-    return " ".join(shlex.quote(o) for o in opts)
-
-
 rule evaluate:
     input:
         unpack(eval_inputs),
@@ -41,6 +8,7 @@ rule evaluate:
         metrics=f"{B}/eval/{{model_id}}/{{attack}}/{{aparams}}/metrics.json",
         records=f"{B}/eval/{{model_id}}/{{attack}}/{{aparams}}/items.jsonl",
     params:
+        bench=BENCH,
         evaluation=as_json(config["evaluation"]),
         judges=as_json(config["judges"]),
         model=eval_model_dir,
@@ -59,7 +27,7 @@ rule evaluate:
         runtime=60,
         gpu=1,
     shell:
-        "ru evaluate --benchmark-name {BENCH:q} --evaluation {params.evaluation:q} --judges {params.judges:q}"
+        "ru evaluate --benchmark-name {params.bench:q} --evaluation {params.evaluation:q} --judges {params.judges:q}"
         " --data {input.data:q} --model-id {wildcards.model_id:q} --model-dir {params.model:q}"
         " --attack {wildcards.attack:q} --attack-params {wildcards.aparams:q} {params.options}"
         " --seed {params.seed} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
@@ -74,8 +42,7 @@ rule loss_landscape:
     params:
         model=lambda wc: model_dir(wc.model_id),
         points=config["report"]["landscape_points"],
-        label=lambda wc: wc.model_id.split("/")[-1] if wc.model_id.startswith("models/")
-        else " ".join(wc.model_id.split("/")[1:3]),
+        label=landscape_label,
     log:
         f"{B}/logs/landscape/{{model_id}}.log",
     benchmark:

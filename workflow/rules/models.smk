@@ -1,8 +1,32 @@
 # Stage 2: the base model (trained from scratch, or fetched once), the retrain oracle, PRISM's probe.
 
 
+rule cache_pretrained_model:
+    input:
+        data=f"{B}/data",
+    output:
+        directory(f"{B}/models/pretrained"),
+    params:
+        # without the fine-tune recipe: changing it must not re-fetch / re-convert the pretrained model
+        model=as_json({k: v for k, v in config["model"].items() if k not in ("finetune", "train")}),
+    log:
+        f"{B}/logs/cache_pretrained_model.log",
+    benchmark:
+        f"{B}/benchmarks/cache_pretrained_model.tsv"
+    conda:
+        "../../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "ru cache-model --model {params.model:q} --data {input.data:q} --role pretrained --out {output:q}"
+        " --threads {threads} > {log:q} 2>&1"
+
+
 rule cache_base_model:
     input:
+        unpack(pretrained_inputs),
         data=f"{B}/data",
     output:
         directory(f"{B}/models/base"),
@@ -25,6 +49,7 @@ rule cache_base_model:
 
 rule train_retrain_oracle:
     input:
+        unpack(pretrained_inputs),
         data=f"{B}/data",
         base=f"{B}/models/base",
     output:

@@ -2,18 +2,6 @@
 # (Snakemake deletes the outputs of failed jobs), so a preempted job resumes from its last step on rerun.
 
 
-def unlearn_inputs(wildcards):
-    inputs = {"data": f"{B}/data", "base": f"{B}/models/base"}
-    if wildcards.method == "prism":
-        inputs["probe"] = f"{B}/probe/seed~{wildcards.seed}"
-    return inputs
-
-
-def unlearn_settings(wildcards):
-    run = RUN_BY_ID[f"unlearn/{wildcards.method}/{wildcards.params}/seed~{wildcards.seed}"]
-    return as_json(run.settings)
-
-
 rule unlearn:
     input:
         unpack(unlearn_inputs),

@@ -36,7 +36,8 @@ def cmd_cache_model(args) -> int:
 
     configure_threads(args.threads)
     summary = cache_model(args.model, Path(args.data), Path(args.out), role=args.role,
-                          base_dir=Path(args.base_dir) if args.base_dir else None)
+                          base_dir=Path(args.base_dir) if args.base_dir else None,
+                          pretrained_dir=Path(args.pretrained_dir) if getattr(args, "pretrained_dir", None) else None)
     _log(json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
     return 0
 
@@ -170,12 +171,9 @@ def cmd_aggregate(args) -> int:
     from ..report.collect import collect_results
     from ..report.figures import write_figures
     from ..report.tables import write_tables
-    from ..utils.io import atomic_write_text
 
     df = collect_results(Path(args.bench_dir), args.benchmark_name, expected=args.expected)
-    tables = Path(args.tables_dir)
-    atomic_write_text(tables / "metrics.csv", df.to_csv(index=False))
-    written = write_tables(df, tables)
+    written = write_tables(df, Path(args.tables_dir), csv_path=args.csv, summary_path=args.summary)
     written += write_figures(df, Path(args.figures_dir), landscape_files=args.landscapes)
     _log(f"aggregated {len(df)} rows; wrote {len(written)} tables/figures")
     return 0

@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cache-model", help="build or fetch the base model (or train the retrain oracle)")
     s.add_argument("--model", type=_json_arg, required=True, help="the config's model section (JSON)")
     s.add_argument("--data", required=True)
-    s.add_argument("--role", choices=["base", "retrain"], default="base")
+    s.add_argument("--role", choices=["base", "retrain", "pretrained"], default="base")
     s.add_argument("--base-dir", help="retrain: the base model dir (tokenizer, epoch count)")
+    s.add_argument("--pretrained-dir", help="model.finetune: the pretrained model dir the base / retrain "
+                                            "models are fine-tuned from (written by --role pretrained)")
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=None)
 
@@ -94,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--benchmark-name", required=True)
     s.add_argument("--bench-dir", required=True)
     s.add_argument("--expected", type=_json_arg, default=None, help="expected cells [[model_id, attack, params], ...]")
-    s.add_argument("--tables-dir", required=True)
+    s.add_argument("--csv", required=True, help="tidy metrics CSV")
+    s.add_argument("--summary", required=True, help="summary.md")
+    s.add_argument("--tables-dir", required=True, help="paper-style tables (.md, .tex)")
     s.add_argument("--figures-dir", required=True)
     s.add_argument("--landscapes", nargs="*", default=[], help="landscape.json files (loss-landscape figure)")
 

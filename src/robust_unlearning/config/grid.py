@@ -122,6 +122,8 @@ def attack_settings(config: dict) -> list[AttackSetting]:
 
 
 def iter_model_ids(config: dict) -> Iterable[str]:
+    if has_pretrained(config):
+        yield "models/pretrained"
     yield "models/base"
     if has_retrain(config):
         yield "models/retrain"
@@ -130,5 +132,16 @@ def iter_model_ids(config: dict) -> Iterable[str]:
 
 
 def has_retrain(config: dict) -> bool:
-    """Only the synthetic benchmark has a true retrain oracle (real benchmarks use published constants)."""
-    return config["benchmark"]["name"] == "synthetic"
+    """Only the synthetic benchmark has a true retrain oracle (real benchmarks use published constants); a
+    pretrained model gets one only when it is fine-tuned into the target (``model.finetune``)."""
+    if config["benchmark"]["name"] != "synthetic":
+        return False
+    return config.get("model", {}).get("source", "train_tiny") == "train_tiny" or has_pretrained(config)
+
+
+def has_pretrained(config: dict) -> bool:
+    """A pretrained model fine-tuned into the target (``model.finetune``) is kept and evaluated as
+    ``models/pretrained`` next to the target (``models/base``) and the oracle (``models/retrain``)."""
+    model = config.get("model", {})
+    ft = model.get("finetune")
+    return model.get("source") in ("hub", "local", "gguf") and bool(ft) and bool(ft.get("enabled", True))

@@ -111,6 +111,13 @@ def _validate_semantics(cfg: dict) -> None:
         raise ConfigValidationError(f"config key 'model.name_or_path': required when model.source is {model['source']!r}")
     if model["source"] == "gguf" and not model.get("gguf_file"):
         raise ConfigValidationError("config key 'model.gguf_file': required when model.source is 'gguf'")
+    if model.get("finetune") is not None:
+        if model["source"] == "train_tiny":
+            raise ConfigValidationError("config key 'model.finetune': only for pretrained models (source hub, "
+                                        "local or gguf); train_tiny is configured by model.train")
+        if model["finetune"].get("enabled", True) and cfg["benchmark"]["name"] != "synthetic":
+            raise ConfigValidationError("config key 'model.finetune': needs the synthetic world's training "
+                                        "mixtures (benchmark.name: synthetic)")
 
     from ..methods.registry import get_method
     from ..methods.loop import TrainConfig

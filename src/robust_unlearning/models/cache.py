@@ -3,6 +3,11 @@
 Sources: ``train_tiny`` (tokenizer + Llama trained from scratch on the synthetic world), ``local`` (a directory
 on disk), ``hub`` (a Hugging Face repo id, snapshotted at a pinned revision), ``gguf`` (a GGUF file converted
 to safetensors).
+
+With ``model.finetune`` (hub / local / gguf on the synthetic world) a pretrained model becomes a TOFU-style
+target: role ``pretrained`` fetches/converts the model once (``models/pretrained``), role ``base`` fine-tunes a
+copy on ``train/target_mix.jsonl`` and role ``retrain`` runs the same recipe, from the same pretrained weights,
+on ``train/retrain_mix.jsonl`` (the oracle). Dialogues go through the model's own chat template.
 """
 from __future__ import annotations
 
@@ -113,12 +118,16 @@ def snapshot_hub(model_cfg: dict, out: Path) -> dict:
     return {"source": "hub", "repo_id": model_cfg["name_or_path"], "revision": model_cfg.get("revision")}
 
 
-def cache_model(model_cfg: dict, data_dir: Path, out: Path, role: str = "base", base_dir: Path | None = None) -> dict:
+def finetune_settings(model_cfg: dict) -> dict | None:
+    """The ``model.finetune`` section when it is present and enabled, else None."""
+    ft = model_cfg.get("finetune")
+    if not ft or not ft.get("enabled", True):
+        return None
+    return ft
+
+
+def fetch_pretrained(model_cfg: dict, out: Path) -> dict:
     source = model_cfg["source"]
-    if source == "train_tiny":
-        return train_tiny(model_cfg, data_dir, out, role, base_dir)
-    if role == "retrain":
-        raise ValueError(f"model.source {source!r}: no retrain oracle is trained for pretrained models")
     if source == "local":
         return copy_local(model_cfg, out)
     if source == "hub":
@@ -128,3 +137,87 @@ def cache_model(model_cfg: dict, data_dir: Path, out: Path, role: str = "base", 
 
         return convert_gguf(model_cfg, out)
     raise ValueError(f"model.source: unknown source {source!r}")
+
+
+def finetune_pretrained(model_cfg: dict, data_dir: Path, out: Path, role: str, pretrained_dir: Path | None) -> dict:
+    """Fine-tune the pretrained model on the target mixture (role base) or the retain-only mixture (retrain).
+
+    The same recipe (``model.finetune``) from the same pretrained weights for both roles, through the shared
+    training loop (``methods.finetune``: seeded order, AdamW, clipping, resumable on SIGTERM). With ``epochs``
+    the step count follows each mixture's size, as the from-scratch oracle trains as many epochs as the target.
+    """
+    import math
+    import time
+
+    from ..data.unlearning_sets import build_mixture_examples
+    from ..methods import finetune
+    from ..utils.repro import seed_everything
+    from .io import load_model, load_tokenizer, save_model
+    from .train_tiny import greedy_exact_match
+
+    ft = finetune_settings(model_cfg)
+    if pretrained_dir is None:  # the results layout: models/{pretrained,base,retrain} are siblings
+        pretrained_dir = out.parent / "pretrained"
+    if not pretrained_dir.is_dir():
+        raise FileNotFoundError(f"{pretrained_dir}: pretrained model not found; cache-model --role {role} with "
+                                "model.finetune fine-tunes the folder written by `ru cache-model --role pretrained` "
+                                "(pass --pretrained-dir, default: the sibling folder 'pretrained' of --out)")
+    mix = data_dir / "train" / ("target_mix.jsonl" if role == "base" else "retrain_mix.jsonl")
+    if not mix.is_file():
+        raise FileNotFoundError(f"{mix}: model.finetune needs the synthetic world's training mixtures "
+                                "(benchmark.name: synthetic)")
+    allow_pickle = model_cfg.get("allow_pickle", False)
+    trust = model_cfg.get("trust_remote_code", False)
+    model = load_model(pretrained_dir, dtype=model_cfg.get("dtype", "float32"), allow_pickle=allow_pickle,
+                       trust_remote_code=trust)
+    tokenizer = load_tokenizer(pretrained_dir, trust_remote_code=trust)
+    examples = build_mixture_examples(mix, tokenizer, int(ft.get("max_len", 256)))
+    bs, accum = int(ft.get("batch_size", 8)), int(ft.get("grad_accum", 1))
+    steps = ft.get("steps") or int(ft.get("epochs", 1)) * max(1, math.ceil(len(examples) / (bs * accum)))
+    seed = int(ft.get("seed", 0))
+    n_tokens = sum(len(e["input_ids"]) for e in examples)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"fine-tuning the pretrained model ({n_params / 1e6:.1f}M params) as the {role} model on {len(examples)} "
+          f"examples ({n_tokens} tokens) from {mix.name}: {steps} steps, batch {bs}x{accum}, lr {ft.get('lr')}",
+          flush=True)
+    checks = {"forget": _qa_pairs(data_dir, "forget"), "retain": _qa_pairs(data_dir, "retain")}
+    before = {k: greedy_exact_match(model, tokenizer, v, batch_size=16) for k, v in checks.items()}
+    ckpt = out.parent.parent / "checkpoints" / "models" / out.name if out.parent.name == "models" else None
+    seed_everything(seed)
+    t0 = time.perf_counter()
+    stats = finetune(model, tokenizer, examples, steps=steps, lr=float(ft.get("lr", 1e-4)), batch_size=bs, seed=seed,
+                     schedule=ft.get("schedule", "cosine"), checkpoint_dir=ckpt,
+                     train_cfg={"grad_accum": accum, "max_len": int(ft.get("max_len", 256)), "progress": True,
+                                "warmup_steps": int(ft.get("warmup_steps", 0)),
+                                "weight_decay": float(ft.get("weight_decay", 0.0))})
+    seconds = time.perf_counter() - t0
+    if stats["status"] != "ok":
+        raise FloatingPointError(f"fine-tuning the {role} model diverged: {stats.get('divergence')}")
+    model.eval()
+    after = {k: greedy_exact_match(model, tokenizer, v, batch_size=16) for k, v in checks.items()}
+    print(f"{role}: final loss {stats['final_loss']:.4f}; QA exact match {before} -> {after} ({seconds:.0f}s)",
+          flush=True)
+    summary = {"role": role, "source": model_cfg["source"], "finetune": dict(ft), "mixture": mix.name,
+               "n_examples": len(examples), "n_tokens": n_tokens, "n_params": n_params, "steps": stats["steps"],
+               "final_loss": stats["final_loss"], "losses": stats["losses"], "cost": stats["cost"],
+               "train_seconds": seconds, "qa_exact_match_before": before, "final_qa_exact_match": after,
+               "pretrained_dir": str(pretrained_dir), "provenance": provenance({"model": model_cfg}, seed)}
+    save_model(model, tokenizer, out, extra_files={"training_log.json": summary})
+    return summary
+
+
+def cache_model(model_cfg: dict, data_dir: Path, out: Path, role: str = "base", base_dir: Path | None = None,
+                pretrained_dir: Path | None = None) -> dict:
+    source = model_cfg["source"]
+    if source == "train_tiny":
+        if role == "pretrained":
+            raise ValueError("model.source 'train_tiny': there is no pretrained model (trained from scratch)")
+        return train_tiny(model_cfg, data_dir, out, role, base_dir)
+    if role == "pretrained":
+        return fetch_pretrained(model_cfg, out)
+    if finetune_settings(model_cfg) is not None:
+        return finetune_pretrained(model_cfg, data_dir, out, role, pretrained_dir)
+    if role == "retrain":
+        raise ValueError(f"model.source {source!r}: no retrain oracle is trained for pretrained models "
+                         "(set model.finetune to fine-tune a target and an oracle on the synthetic world)")
+    return fetch_pretrained(model_cfg, out)

@@ -27,10 +27,11 @@ ATTACK_ORDER = ["none", "relearn", "prefill", "jailbreak_templates", "multi_turn
                 "quantize", "weight_noise"]
 PROMPT_ATTACKS = ["prefill", "jailbreak_templates", "multi_turn"]
 WHITEBOX_ATTACKS = ["gcg", "latent", "direction", "quantize", "weight_noise"]
-METHOD_ORDER = ["base", "retrain", "ga", "gd", "graddiff", "grad_diff", "npo", "simnpo", "rmu", "task_vector",
-                "sam_npo", "prism"]
+METHOD_ORDER = ["pretrained", "base", "retrain", "ga", "gd", "graddiff", "grad_diff", "npo", "simnpo", "rmu",
+                "task_vector", "sam_npo", "prism"]
 METRIC_ORDER = ["forget_verbmem", "forget_knowmem", "retain_knowmem", "forget_mcq_acc", "retain_mcq_acc",
-                "holdout_mcq_acc", "forget_mcq_acc_letter", "retain_mcq_acc_letter", "privleak", "privleak_auc",
+                "holdout_mcq_acc", "general_mcq_acc", "general_ppl", "forget_mcq_acc_letter",
+                "retain_mcq_acc_letter", "privleak", "privleak_auc",
                 "privleak_minkpp_auc", "unlearn_score", "us_utility", "us_effectiveness", "us_privacy", "asr",
                 "over_refusal", "repr_margin", "s_per_step", "tokens_per_s", "peak_mem_mb"]
 US_METRICS = ["unlearn_score", "us_utility", "us_effectiveness", "us_privacy"]
@@ -44,6 +45,7 @@ METRIC_LABELS = {
     "forget_mcq_acc": "MCQ_f", "retain_mcq_acc": "MCQ_r", "holdout_mcq_acc": "MCQ_h",
     "forget_mcq_acc_letter": "MCQ_f (letter)", "retain_mcq_acc_letter": "MCQ_r (letter)",
     "privleak": "PrivLeak", "over_refusal": "over-refusal", "repr_margin": "margin",
+    "general_mcq_acc": "MCQ_gen", "general_ppl": "PPL_gen",
 }
 ATTACK_LABELS = {"relearn": "relearn", "prefill": "prefill", "jailbreak_templates": "templates",
                  "multi_turn": "multi-turn", "gcg": "GCG", "latent": "latent", "direction": "direction",
@@ -107,7 +109,7 @@ def parse_model_id(model_id: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ labels
-_METHOD_LABELS = {"base": "Base", "retrain": "Retrain", "ga": "GA", "gd": "GD", "graddiff": "GradDiff",
+_METHOD_LABELS = {"pretrained": "Pretrained", "base": "Base", "retrain": "Retrain", "ga": "GA", "gd": "GD", "graddiff": "GradDiff",
                   "grad_diff": "GradDiff", "npo": "NPO", "simnpo": "SimNPO", "rmu": "RMU",
                   "task_vector": "Task Vector", "tv": "Task Vector", "sam_npo": "SAM+NPO", "prism": "PRISM",
                   "dpo": "DPO", "idk": "IdK"}

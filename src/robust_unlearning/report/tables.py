@@ -315,14 +315,17 @@ def build_tables(df: pd.DataFrame) -> dict[str, Table]:
     return tables
 
 
-def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``metrics.csv``, ``summary.md`` and every paper table with data; returns the written paths."""
+def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike, csv_path: str | os.PathLike | None = None,
+                 summary_path: str | os.PathLike | None = None) -> list[Path]:
+    """Write ``metrics.csv``, ``summary.md`` (default: inside ``out_dir``) and every paper table with data into
+    ``out_dir``; returns the written paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [write_csv(df, out / "metrics.csv")]
+    written = [write_csv(df, Path(csv_path) if csv_path else out / "metrics.csv")]
     bench = df["benchmark"].iat[0] if not df.empty else None
-    atomic_write_text(out / "summary.md", summary_markdown(df, bench))
-    written.append(out / "summary.md")
+    summary = Path(summary_path) if summary_path else out / "summary.md"
+    atomic_write_text(summary, summary_markdown(df, bench))
+    written.append(summary)
     for name, table in build_tables(df).items():
         for ext, text in (("md", table.markdown()), ("tex", table.latex())):
             atomic_write_text(out / f"{name}.{ext}", text)
