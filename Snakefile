@@ -5,8 +5,8 @@ from snakemake.utils import min_version
 min_version("8.0")
 
 # config.yaml is the default; a --configfile given on the command line REPLACES it (no deep merge, so a
-# preset's method grid is never mixed with the default one).
-if not config:
+# preset's method grid is never mixed with the default one). `--config key=value` overrides either.
+if not workflow.overwrite_configfiles:
 
     configfile: "config.yaml"
 

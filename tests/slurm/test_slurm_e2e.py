@@ -226,7 +226,7 @@ def test_profile_dry_run(tmp_path):
     assert "unlearn" in proc.stdout and "aggregate" in proc.stdout, proc.stdout[-3000:]
 
 
-@pytest.mark.timeout(5400)
+@pytest.mark.timeout(7200)
 def test_pipeline_on_slurm_matches_local_and_resumes(slurm_cluster, tmp_path, own_jobs):
     runs = _unlearn_runs()
     comments = {f"rule_unlearn_wildcards_{r.method}_{r.params}_{r.seed}": r for r in runs}

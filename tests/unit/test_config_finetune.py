@@ -25,7 +25,7 @@ def test_finetune_defaults_and_model_ids(gguf_config):
     cfg = validate_config(gguf_config)
     ft = cfg["model"]["finetune"]
     assert ft == {"steps": 5, "enabled": True, "epochs": 1, "lr": 1e-4, "batch_size": 8, "grad_accum": 1,
-                  "max_len": 256, "schedule": "cosine", "warmup_steps": 0, "weight_decay": 0.0, "seed": 0}
+                  "max_len": 256, "pack": False, "schedule": "cosine", "warmup_steps": 0, "weight_decay": 0.0, "seed": 0}
     assert has_pretrained(cfg) and has_retrain(cfg)
     ids = list(iter_model_ids(cfg))
     assert ids[:3] == ["models/pretrained", "models/base", "models/retrain"]

@@ -1,11 +1,16 @@
 # Stage 6: tidy CSV (single source of truth), paper-style tables and figures; `snakemake --report` collects them.
 
 
+# Every expected cell is an input, so a normal run aggregates only when the whole grid is done. After a
+# `--keep-going` run in which some jobs failed, `snakemake --config allow_missing=true` runs this rule alone on
+# the evaluations that exist; `--expected` still lists every cell, so each absent one becomes a `missing` (or
+# `diverged`) row of the tables instead of a silent hole. A later normal run, once the failures are fixed,
+# recomputes the failed jobs and re-aggregates (the input set has changed).
 rule aggregate:
     input:
-        metrics=lambda wc: [eval_path(*cell) for cell in expected_cells()],
-        runs=[run_dir(r.model_id) for r in RUNS],
-        landscapes=lambda wc: landscape_targets(),
+        metrics=lambda wc: existing_only(eval_path(*cell) for cell in expected_cells()),
+        runs=lambda wc: existing_only(run_dir(r.model_id) for r in RUNS),
+        landscapes=lambda wc: existing_only(landscape_targets()),
     output:
         csv=report(
             f"{B}/tables/metrics.csv",

@@ -138,6 +138,9 @@ def seeded_subset(items: Sequence[Any], n: int | None, seed: int, tag: str) -> l
 # ------------------------------------------------------------------------------------------------- prompts
 def chat_prompt(tokenizer, messages: Sequence[dict] | str) -> str:
     """The chat-templated prompt with the generation prompt opened (tokenise with add_special_tokens=False)."""
+    from ..data.collate import require_chat_template
+
+    require_chat_template(tokenizer, "a chat prompt of a prompt attack")
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)

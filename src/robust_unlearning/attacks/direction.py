@@ -22,7 +22,7 @@ from typing import ClassVar, Literal, Optional, Sequence, Union
 
 import torch
 
-from ..utils.io import atomic_write_json, read_json
+from ..utils.io import atomic_write_bytes, atomic_write_json, read_json
 from .common import (block_output_hook, capture_block_output, chat_prompt, cloze_accuracy, config_from_artefact,
                      decoder_blocks, encode_plain, forget_qa_items, generate_texts, item_record, judge_outputs,
                      load_for_attack, model_device, pad_rows, rate_metrics, resolve_layer, seeded_subset,
@@ -144,7 +144,7 @@ class Direction:
 
     @classmethod
     def prepare(cls, model_dir, bench, params: dict, out_dir, seed: int, device: str = "auto") -> dict:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         from ..metrics.margin import anchor_prompts
 
@@ -156,7 +156,7 @@ class Direction:
         layer = resolve_layer(model, cfg.layer)
         d_a, d_b = anchor_prompts(bench, cfg.anchors)
         res = cls.fit(model, tok, d_a, d_b, layer, seed, cfg.batch_size)
-        save_file({k: res[k].contiguous() for k in ("c_a", "c_b", "e_a")}, str(out_dir / VECTORS))
+        atomic_write_bytes(out_dir / VECTORS, save({k: res[k].contiguous() for k in ("c_a", "c_b", "e_a")}))
         info = {"layer": layer, "norm": res["norm"], "n_fit_a": res["n_fit_a"], "n_fit_b": res["n_fit_b"]}
         atomic_write_json(out_dir / INFO, info)
         return write_attack_json(out_dir, cls, cfg, seed, model_dir, bench, started, result=info)

@@ -115,10 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..utils import faults
     from . import commands
 
     handler = getattr(commands, "cmd_" + args.command.replace("-", "_"))
-    return int(handler(args) or 0)
+    try:
+        faults.maybe_fail(args.command, getattr(args, "out", None) or getattr(args, "tables_dir", None))
+        return int(handler(args) or 0)
+    except Exception as exc:  # noqa: BLE001 - the traceback for debugging, then one line naming the culprit
+        import traceback
+
+        traceback.print_exc()
+        print(f"ru {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,11 +20,25 @@ def encode_text(tokenizer, text: str, max_len: int) -> dict:
     return {"input_ids": ids, "labels": list(ids)}
 
 
+class ChatTemplateError(ValueError):
+    """A dialogue needs the tokenizer's chat template and the tokenizer has none; the message names it."""
+
+
+def require_chat_template(tokenizer, what: str = "dialogue data") -> None:
+    """Fail early, naming the tokenizer, when ``what`` needs a chat template the tokenizer lacks (transformers'
+    own error does not say which tokenizer or which data asked for it)."""
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ChatTemplateError(f"tokenizer {name}: no chat template, but {what} is formatted with it; use a chat "
+                                "model (or save a chat_template with the tokenizer) or a non-dialogue source")
+
+
 def encode_dialogue(tokenizer, messages: Sequence[dict], max_len: int, mask_prompt: bool = True) -> dict:
     """A [user, assistant] dialogue in the model's chat template; prompt tokens masked by default.
 
     The templated prompt already holds BOS, so it is tokenised with ``add_special_tokens=False``.
     """
+    require_chat_template(tokenizer)
     prompt = tokenizer.apply_chat_template(list(messages[:-1]), tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(list(messages), tokenize=False)
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]

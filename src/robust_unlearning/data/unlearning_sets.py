@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from robust_unlearning.utils.io import DataFormatError, read_jsonl
 
-from .collate import chunk_text, encode_dialogue, encode_qa, encode_text
+from .collate import chunk_text, encode_dialogue, encode_qa, encode_text, require_chat_template
 from .formats import Benchmark, BenchmarkError
 
 SOURCES = ("raw", "chunks", "dialogue", "qa")
@@ -82,6 +82,7 @@ def build_examples(bench: Benchmark, tokenizer, split: str, source: str, max_len
         return chunk_text(tokenizer, bench.raw_text(_raw_split(split)), max_len)
     rows = bench.dialogue(_dialogue_split(split))
     if source == "dialogue":
+        require_chat_template(tokenizer, f"the {split} set of {bench.path('dialogue')} (source 'dialogue')")
         return [encode_dialogue(tokenizer, first_exchange(r["messages"]), max_len) for r in rows]
     out = []
     for r in rows:

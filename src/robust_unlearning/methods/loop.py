@@ -22,6 +22,7 @@ import math
 import resource
 import signal
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -462,7 +463,9 @@ class Trainer:
                                                          and step + 1 < self.total_steps):
                         self.save_checkpoint(step + 1)
                     if self._stop_signal is not None:
-                        raise Preempted(self._stop_signal, step + 1, self.checkpoint_dir)
+                        exc = Preempted(self._stop_signal, step + 1, self.checkpoint_dir)
+                        print(f"{self.method.name}: {exc}", file=sys.stderr, flush=True)
+                        raise exc
         finally:
             bar.close()
             if live is not None:
@@ -541,6 +544,8 @@ class Trainer:
         self.start_step = int(state["step"])
         self.rows = json.loads(state["rows"])
         self.counters.update(json.loads(state["counters"]))
+        print(f"{self.method.name}: resumed from step {self.start_step} of {self.total_steps} "
+              f"(checkpoint {self.checkpoint_dir})", file=sys.stderr, flush=True)
 
     def _open_live_log(self):
         path = self.log_path or (self.checkpoint_dir / "train_log.live.jsonl" if self.checkpoint_dir else None)

@@ -11,6 +11,7 @@ Artefact: ``probe.pt`` (state dict only, ``torch.load(weights_only=True)``) + ``
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import math
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..utils.io import atomic_write_bytes, atomic_write_json, read_json
+from ..utils.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from ..utils.repro import derive_seed
 from .losses import pool_hidden, pool_mask
 from .registry import ConfigBase, ConfigError, choice, num
@@ -164,7 +165,9 @@ def train_probe(model, tokenizer, forget: Sequence[dict], retain: Sequence[dict]
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in probe.state_dict().items()}, buf)
-    atomic_write_bytes(out / PROBE_FILE, buf.getvalue())
+    blob = buf.getvalue()
+    atomic_write_bytes(out / PROBE_FILE, blob)
+    meta["probe_file"] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}  # checked on load
     atomic_write_json(out / META_FILE, _finite(meta))
     return meta
 
@@ -175,6 +178,11 @@ def load_probe(probe_dir) -> tuple[Probe, dict]:
     if not (d / PROBE_FILE).is_file() or not (d / META_FILE).is_file():
         raise FileNotFoundError(f"{d}: no {PROBE_FILE} / {META_FILE} (train the probe first)")
     meta = read_json(d / META_FILE)
+    rec = meta.get("probe_file")
+    if isinstance(rec, dict):  # size / sha256 recorded at write time: never load a truncated or altered file
+        f = d / PROBE_FILE
+        if f.stat().st_size != rec.get("size") or sha256_file(f) != rec.get("sha256"):
+            raise ValueError(f"{f}: size/sha256 do not match {META_FILE} (truncated or corrupted); retrain the probe")
     probe = Probe(int(meta["in_dim"]), meta.get("arch", "mlp"), meta.get("hidden", [64, 32]))
     probe.load_state_dict(torch.load(d / PROBE_FILE, map_location="cpu", weights_only=True))
     probe.eval().requires_grad_(False)

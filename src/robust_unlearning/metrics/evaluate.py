@@ -49,6 +49,7 @@ class EvalConfig:
     cloze_bos: BOS before the cloze context (default true: the synthetic models only ever see text after BOS,
         and cloze is the synthetic primary; §2.2 leaves it open) [our choice].
     mcq_subject: description subject for letter prompts of rows without ``subject`` (str or {split: str}).
+    knowmem_trailing_space: MUSE's prompt ends "Answer: " (true); false for byte-level BPE tokenizers (synthetic).
     knowmem_max_new_tokens / verbmem_max_new_tokens: 32 / 128 (§1); VerbMem's reference is truncated to the same
         number of tokens incl. BOS.
     mink_k: K of Min-K% and Min-K%++ (0.4).
@@ -68,6 +69,7 @@ class EvalConfig:
     cloze_bos: bool = True
     mcq_subject: Any = "biology"
     knowmem_max_new_tokens: int = 32
+    knowmem_trailing_space: bool = True
     verbmem_max_new_tokens: int = 128
     mink_k: float = 0.4
     dtype: str = "float32"

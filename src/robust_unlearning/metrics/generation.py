@@ -72,6 +72,9 @@ def encode_prompts(tokenizer, prompts: Sequence, add_special_tokens: bool = True
             out.append([int(t) for t in p])
             continue
         if chat:
+            from ..data.collate import require_chat_template
+
+            require_chat_template(tokenizer, "a chat prompt (dialogue benchmark or prompt attack)")
             messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))

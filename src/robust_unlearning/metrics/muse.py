@@ -36,11 +36,13 @@ def rouge_l_f1(target: str, prediction: str) -> float:
 
 # ---------------------------------------------------------------------------------------------------- KnowMem
 
-def knowmem_prompt(question: str, icl: Sequence[dict] = ()) -> str:
+def knowmem_prompt(question: str, icl: Sequence[dict] = (), trailing_space: bool = True) -> str:
     """10-shot ICL prefix ``"Question: {q}\\nAnswer: {a}\\n\\n"`` per pair, then ``"Question: {q}\\nAnswer: "``
-    (trailing space, as MUSE)."""
+    (trailing space, as MUSE). ``trailing_space=False`` drops that space: byte-level BPE tokenizers (the
+    synthetic world's) encode it as a lone token never seen before an answer in training, which derails greedy
+    decoding; the answer's own leading space then comes from the model."""
     prefix = "".join(f"Question: {p['question']}\nAnswer: {p['answer']}\n\n" for p in icl)
-    return prefix + f"Question: {question}\nAnswer: "
+    return prefix + f"Question: {question}\nAnswer:" + (" " if trailing_space else "")
 
 
 def cut_knowmem_output(output: str) -> str:
@@ -66,7 +68,7 @@ def knowmem_metric(ctx: EvalContext, split: str):
     name = f"{split}_knowmem"
     if not rows:
         return {}, []
-    prompts = [knowmem_prompt(r["question"], icl) for r in rows]
+    prompts = [knowmem_prompt(r["question"], icl, ctx.cfg.knowmem_trailing_space) for r in rows]
     outputs, used_bs = ctx.generate(prompts, ctx.cfg.knowmem_max_new_tokens, tag=name,
                                     add_special_tokens=True, clean_up_tokenization_spaces=True)
     items, f1, rec, r1 = [], [], [], []

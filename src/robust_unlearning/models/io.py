@@ -1,6 +1,7 @@
 """Load and save models and tokenizers: safetensors only, offline, atomic."""
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -14,6 +15,10 @@ WEIGHTS_MANIFEST = "weights_manifest.json"
 
 class ModelLoadError(RuntimeError):
     """A model directory is missing, incomplete, unsafe or corrupted; the message names the path."""
+
+
+class ModelSaveError(OSError):
+    """Saving a model failed (disk full, quota, permissions); nothing was left at the target path."""
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -90,15 +95,27 @@ def load_model_and_tokenizer(path, dtype="float32", device="cpu", **kw):
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, path: str | os.PathLike,
                extra_files: dict[str, object] | None = None) -> Path:
-    """Save atomically (temp dir + rename) with safetensors and a size/sha256 manifest of every file."""
+    """Save atomically (temp dir + rename) with safetensors and a size/sha256 manifest of every file.
+
+    On any failure (a full disk included) the temporary directory is removed, ``path`` is left as it was and a
+    :class:`ModelSaveError` names the path and the cause.
+    """
     path = Path(path)
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        for name, obj in (extra_files or {}).items():
-            atomic_write_json(tmp / name, obj)
-        files = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
-                 for f in sorted(tmp.iterdir()) if f.is_file()}
-        atomic_write_json(tmp / WEIGHTS_MANIFEST, {"files": files})
+    try:
+        with atomic_dir(path) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            for name, obj in (extra_files or {}).items():
+                atomic_write_json(tmp / name, obj)
+            files = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
+                     for f in sorted(tmp.iterdir()) if f.is_file()}
+            atomic_write_json(tmp / WEIGHTS_MANIFEST, {"files": files})
+    except Exception as exc:  # safetensors reports a full disk as a plain Exception wrapping the OS error
+        text = str(exc)
+        full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or any(
+            k in text for k in ("No space left", "StorageFull", "File too large", "Disk quota"))
+        hint = "disk full: free space or move results_dir" if full else "see the cause above"
+        raise ModelSaveError(f"{path}: could not save the model ({hint}; nothing was written): "
+                             f"{type(exc).__name__}: {text}") from exc
     return path
