@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from ..metrics.asr import wilson_interval  # one Wilson implementation (evaluation.md §3)
 from ..utils.io import atomic_write_json, read_json
 from ..utils.repro import derive_seed, pick_device, provenance
 
@@ -22,17 +23,6 @@ ATTACK_JSON = "attack.json"
 
 
 # ----------------------------------------------------------------------------------------------- judging
-def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95% Wilson score interval for k successes out of n (evaluation.md §3); (0, 1) when n = 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def rate_metrics(flags: Sequence[bool], name: str = "asr") -> dict[str, float]:
     """``{name, name_ci_low, name_ci_high}`` for a list of booleans (empty list → 0 with CI (0, 1))."""
     n = len(flags)

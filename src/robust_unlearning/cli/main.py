@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         faults.maybe_fail(args.command, getattr(args, "out", None) or getattr(args, "tables_dir", None))
         return int(handler(args) or 0)
+    except SystemExit as exc:  # e.g. methods.loop.Preempted: say why the job stopped, keep its exit code
+        if exc.code not in (0, None):
+            print(f"ru {args.command}: stopped: {exc}", file=sys.stderr, flush=True)
+        raise
     except Exception as exc:  # noqa: BLE001 - the traceback for debugging, then one line naming the culprit
         import traceback
 
