@@ -98,6 +98,7 @@ def copy_local(model_cfg: dict, out: Path) -> dict:
         for f in src.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+        finish_tokenizer(model_cfg, tmp)
     return {"source": "local", "path": str(src)}
 
 
@@ -115,7 +116,24 @@ def snapshot_hub(model_cfg: dict, out: Path) -> dict:
         snapshot_download(repo_id=model_cfg["name_or_path"], revision=model_cfg.get("revision"), local_dir=tmp,
                           allow_patterns=patterns)
         check_model_dir(tmp, allow_pickle=model_cfg.get("allow_pickle", False))
+        finish_tokenizer(model_cfg, tmp)
     return {"source": "hub", "repo_id": model_cfg["name_or_path"], "revision": model_cfg.get("revision")}
+
+
+def finish_tokenizer(model_cfg: dict, model_dir: Path) -> None:
+    """Put the configured tokenizer (``model.tokenizer``) into the model folder and give it a pad token
+    (``model.pad_token``), so that every later job loads one self-contained folder offline."""
+    from transformers import AutoTokenizer
+
+    source = model_cfg.get("tokenizer") or str(model_dir)
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.get("trust_remote_code", False))
+    if tok.pad_token_id is None:
+        choice = model_cfg.get("pad_token")
+        if choice is None:
+            raise ValueError(f"model.pad_token: the tokenizer of {source} has no pad token; set model.pad_token "
+                             "to 'eos' (as the MUSE reference does) or 'unk'")
+        tok.pad_token = tok.eos_token if choice == "eos" else tok.unk_token
+    tok.save_pretrained(model_dir)
 
 
 def finetune_settings(model_cfg: dict) -> dict | None:

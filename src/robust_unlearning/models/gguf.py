@@ -64,7 +64,8 @@ def resolve_gguf(name_or_path: str | None, gguf_file: str | None) -> tuple[Path,
 
 
 def load_gguf(model_cfg: dict):
-    """(model, tokenizer, info) dequantised from the GGUF file, pad token set (EOS when missing)."""
+    """(model, tokenizer, info) dequantised from the GGUF file; a missing pad token becomes ``model.pad_token``
+    (EOS by default, recorded in ``conversion.json``)."""
     import torch  # noqa: F401  (transformers needs it; import early for a clear error)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,11 +90,13 @@ def load_gguf(model_cfg: dict):
             except AttributeError:
                 pass
     pad_set = None
-    if tok.pad_token_id is None:
-        if tok.eos_token is None:
-            raise GGUFSourceError(f"{directory / fname}: the tokenizer has neither a pad nor an EOS token")
-        tok.pad_token = tok.eos_token
-        pad_set = "eos"
+    if tok.pad_token_id is None:  # model.pad_token (eos | unk); a GGUF chat model defaults to EOS
+        pad_set = model_cfg.get("pad_token") or "eos"
+        token = tok.eos_token if pad_set == "eos" else tok.unk_token
+        if token is None:
+            raise GGUFSourceError(f"config key 'model.pad_token': {directory / fname} has no pad token and no "
+                                  f"{pad_set} token to use instead")
+        tok.pad_token = token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
