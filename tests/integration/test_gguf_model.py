@@ -89,8 +89,9 @@ def test_finetune_on_the_world_raises_forget_answer_likelihood(converted, tiny_w
     data = tmp_path / "data"
     (data / "train").mkdir(parents=True)
     (data / "dialogue").mkdir()
-    for name in ("forget.jsonl", "retain.jsonl"):
-        (data / "dialogue" / name).write_text((tiny_world / "dialogue" / name).read_text())
+    for name in ("forget.jsonl", "retain.jsonl"):   # the QA exact-match check before / after: 8 pairs each
+        lines = (tiny_world / "dialogue" / name).read_text().splitlines(keepends=True)[:8]
+        (data / "dialogue" / name).write_text("".join(lines))
     (data / "train" / "target_mix.jsonl").write_text(
         "".join(json.dumps({"messages": r["messages"][:2]}) + "\n" for r in rows))
     cfg = {**MODEL_CFG, "finetune": {"epochs": 3, "lr": 5e-4, "batch_size": 4, "max_len": 96, "pack": False,

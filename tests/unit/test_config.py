@@ -109,3 +109,14 @@ def test_grid_expansion_lists_are_axes_scalars_fixed(base_config):
                                           for lr in ("1e-3", "5e-4") for s in (0, 1)}
     assert all(r.settings["retain_loss"] == "gdr" for r in runs)
     assert [a.params for a in attack_settings(validate_config(cfg))] == ["fraction~1_steps~10", "fraction~1_steps~50"]
+
+
+def test_per_attack_targets_override_the_global_list(base_config):
+    cfg = copy.deepcopy(base_config)
+    cfg["attacks"]["relearn"]["targets"] = ["npo"]
+    settings = attack_settings(validate_config(cfg))
+    assert {s.targets for s in settings} == {("npo",)}
+    assert all("targets" not in s.settings for s in settings)
+    cfg["attacks"]["relearn"]["targets"] = ["nobody"]
+    with pytest.raises(ConfigValidationError, match="attacks.relearn.targets"):
+        validate_config(cfg)

@@ -47,8 +47,9 @@ def run_dir(model_id):
     return f"{B}/{model_id}"
 
 
-def attacked_model_ids():
-    targets = set(config["attacks"]["targets"])
+def attacked_model_ids(targets):
+    """Model ids selected by a target list: "unlearned", "base", "retrain" or method names."""
+    targets = set(targets)
     ids = []
     if "base" in targets:
         ids.append("models/base")
@@ -67,8 +68,8 @@ def clean_eval_ids():
 def expected_cells():
     """Every (model id, attack, params) the grid asks for: the aggregate marks absent ones as missing."""
     cells = [[m, "none", "default"] for m in clean_eval_ids()]
-    for m in attacked_model_ids():
-        cells += [[m, a.attack, a.params] for a in ATTACKS]
+    for a in ATTACKS:
+        cells += [[m, a.attack, a.params] for m in attacked_model_ids(a.targets)]
     return cells
 
 

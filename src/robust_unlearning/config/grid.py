@@ -101,6 +101,7 @@ class AttackSetting:
     attack: str
     params: str
     settings: dict = field(hash=False, compare=False, default_factory=dict)
+    targets: tuple = ()             # models this attack runs against (attacks.<a>.targets or attacks.targets)
 
 
 def unlearn_runs(config: dict) -> list[UnlearnRun]:
@@ -114,10 +115,13 @@ def unlearn_runs(config: dict) -> list[UnlearnRun]:
 
 def attack_settings(config: dict) -> list[AttackSetting]:
     out = []
+    default_targets = tuple(config["attacks"].get("targets", ("unlearned", "base")))
     for name in config["attacks"].get("enabled", []):
-        spec = config["attacks"].get(name, {}) or {}
+        spec = dict(config["attacks"].get(name, {}) or {})
+        targets = spec.pop("targets", None)  # per-attack override of attacks.targets (not a grid axis)
+        targets = tuple(targets) if targets is not None else default_targets
         for axes, fixed in expand(spec, f"attacks.{name}"):
-            out.append(AttackSetting(name, param_string(axes), {**fixed, **axes}))
+            out.append(AttackSetting(name, param_string(axes), {**fixed, **axes}, targets))
     return out
 
 

@@ -143,10 +143,16 @@ def _validate_semantics(cfg: dict) -> None:
         cls = get_attack(s.attack)
         _check(lambda: cls.Config.from_dict(dict(s.settings)), f"attacks.{s.attack}")
     methods = set(cfg["unlearning"]["methods"])
-    for t in cfg["attacks"].get("targets", []):
-        if t not in {"unlearned", "base", "retrain"} | methods:
-            raise ConfigValidationError(f"config key 'attacks.targets': unknown target {t!r}; expected "
-                                        "unlearned, base, retrain or a method name from unlearning.methods")
+    where_targets = [("attacks.targets", cfg["attacks"].get("targets", []))]
+    where_targets += [(f"attacks.{n}.targets", (cfg["attacks"].get(n) or {}).get("targets") or [])
+                      for n in enabled]
+    for where, targets in where_targets:
+        if not isinstance(targets, list):
+            raise ConfigValidationError(f"config key '{where}': expected a list of targets")
+        for t in targets:
+            if t not in {"unlearned", "base", "retrain"} | methods:
+                raise ConfigValidationError(f"config key '{where}': unknown target {t!r}; expected "
+                                            "unlearned, base, retrain or a method name from unlearning.methods")
 
     from ..metrics.evaluate import EvalConfig
 
