@@ -20,7 +20,7 @@ def test_multi_turn_prompts_and_metrics(micro_model, tiny_tokenizer, tmp_path, m
     src = S.save_tiny(micro_model, tiny_tokenizer, tmp_path / "m")
     doc = M.MultiTurn.prepare(src, S.FakeBench(), {"max_new_tokens": 5, "max_prompt_tokens": 40}, tmp_path / "a",
                               0, "cpu")
-    rows = read_jsonl(tmp_path / "a" / M.ITEMS_FILE)
+    rows = read_jsonl(tmp_path / "a" / M.MultiTurn.ITEMS_FILE)
     conv = S.FakeBench().multi_turn()[0]["conversation"]
     full = tiny_tokenizer(tiny_tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True),
                           add_special_tokens=False)["input_ids"]

@@ -25,7 +25,7 @@ def test_prefill_prepare_and_evaluate(micro_model, tiny_tokenizer, tmp_path, mon
     S.install_fallbacks(monkeypatch)
     src = S.save_tiny(micro_model, tiny_tokenizer, tmp_path / "m")
     doc = P.Prefill.prepare(src, S.FakeBench(), {"k": 6, "max_new_tokens": 8}, tmp_path / "a", seed=0, device="cpu")
-    rows = read_jsonl(tmp_path / "a" / P.ITEMS_FILE)
+    rows = read_jsonl(tmp_path / "a" / P.Prefill.ITEMS_FILE)
     assert [r["answer_in_prefix"] for r in rows] == [False, True, False]
     assert doc["result"]["n_answer_in_prefix"] == 1
     user = S.FakeBench().prefill()[0]["messages"][0]

@@ -324,3 +324,29 @@ def eval_int(eval_cfg: dict | None, key: str, default: int) -> int:
 def chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
+
+
+class ItemsAttack:
+    """Base of input attacks whose artefact is a JSONL of prompt items built from the benchmark and the
+    tokenizer only (prefill, multi-turn): ``prepare`` builds and writes them once; subclasses define
+    ``ITEMS_FILE``, ``build_items(tokenizer, bench, cfg)`` and ``item_summary(rows)``."""
+
+    kind: str = "input"
+    ITEMS_FILE: str = "items.jsonl"
+
+    @classmethod
+    def item_summary(cls, rows: list[dict]) -> dict:
+        return {"n_items": len(rows)}
+
+    @classmethod
+    def prepare(cls, model_dir, bench, params: dict, out_dir, seed: int, device: str = "auto") -> dict:
+        from ..models.io import load_tokenizer
+        from ..utils.io import atomic_write_jsonl
+
+        started = time.time()
+        cfg = cls.Config.from_dict(params)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rows = cls.build_items(load_tokenizer(model_dir), bench, cfg)
+        atomic_write_jsonl(out_dir / cls.ITEMS_FILE, rows)
+        return write_attack_json(out_dir, cls, cfg, seed, model_dir, bench, started, result=cls.item_summary(rows))

@@ -5,24 +5,23 @@ Conversations that end on an assistant turn are kept as is and flagged (130 of 2
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Optional
 
-from ..utils.io import atomic_write_jsonl, read_jsonl
+from ..utils.io import read_jsonl
 from ..utils.repro import derive_seed
-from .common import (aliases_of, chat_prompt, compliance_proxy, config_from_artefact, encode_plain, generate_texts,
+from .common import (ItemsAttack, aliases_of, chat_prompt, compliance_proxy, config_from_artefact, encode_plain, generate_texts,
                      item_id_of, item_record, judge_outputs, rate_metrics, write_attack_json)
 from .config import AttackConfig
 from .registry import register_attack
 
-ITEMS_FILE = "multi_turn_items.jsonl"
 
 
 @register_attack("multi_turn")
-class MultiTurn:
+class MultiTurn(ItemsAttack):
     kind = "input"
+    ITEMS_FILE = "multi_turn_items.jsonl"
 
     @dataclass
     class Config(AttackConfig):
@@ -60,24 +59,14 @@ class MultiTurn:
         return rows[: cfg.max_items] if cfg.max_items else rows
 
     @classmethod
-    def prepare(cls, model_dir, bench, params: dict, out_dir, seed: int, device: str = "auto") -> dict:
-        from ..models.io import load_tokenizer
-
-        started = time.time()
-        cfg = cls.Config.from_dict(params)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        rows = cls.build_items(load_tokenizer(model_dir), bench, cfg)
-        atomic_write_jsonl(out_dir / ITEMS_FILE, rows)
-        return write_attack_json(out_dir, cls, cfg, seed, model_dir, bench, started,
-                                 result={"n_items": len(rows),
-                                         "n_ends_on_assistant": sum(r["ends_on_assistant"] for r in rows),
-                                         "n_truncated": sum(r["truncated"] for r in rows)})
+    def item_summary(cls, rows: list[dict]) -> dict:
+        return {"n_items": len(rows), "n_ends_on_assistant": sum(r["ends_on_assistant"] for r in rows),
+                "n_truncated": sum(r["truncated"] for r in rows)}
 
     @classmethod
     def evaluate(cls, model, tokenizer, bench, artefact_dir, eval_cfg: dict | None, seed: int):
         cfg, _ = config_from_artefact(cls, artefact_dir)
-        rows = read_jsonl(Path(artefact_dir) / ITEMS_FILE)
+        rows = read_jsonl(Path(artefact_dir) / cls.ITEMS_FILE)
         outs = generate_texts(model, tokenizer, [r["prompt_ids"] for r in rows], max_new_tokens=cfg.max_new_tokens,
                               do_sample=cfg.temperature > 0, temperature=cfg.temperature or 1.0, top_p=cfg.top_p,
                               seeds=[derive_seed(seed, "multi_turn", r["item_id"]) for r in rows],

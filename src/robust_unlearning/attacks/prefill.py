@@ -7,19 +7,17 @@ Items whose answer already lies inside the prefix are flagged ``answer_in_prefix
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Optional
 
-from ..utils.io import atomic_write_jsonl, read_jsonl
+from ..utils.io import read_jsonl
 from ..utils.repro import derive_seed
-from .common import (aliases_of, answer_match, chat_prompt, config_from_artefact, generate_texts, item_id_of,
+from .common import (ItemsAttack, aliases_of, answer_match, chat_prompt, config_from_artefact, generate_texts, item_id_of,
                      item_record, judge_outputs, rate_metrics, write_attack_json)
 from .config import AttackConfig
 from .registry import register_attack
 
-ITEMS_FILE = "prefill_items.jsonl"
 
 
 def make_prefix(tokenizer, answer: str, k: int) -> str:
@@ -28,8 +26,9 @@ def make_prefix(tokenizer, answer: str, k: int) -> str:
 
 
 @register_attack("prefill")
-class Prefill:
+class Prefill(ItemsAttack):
     kind = "input"
+    ITEMS_FILE = "prefill_items.jsonl"
 
     @dataclass
     class Config(AttackConfig):
@@ -66,23 +65,13 @@ class Prefill:
         return rows[: cfg.max_items] if cfg.max_items else rows
 
     @classmethod
-    def prepare(cls, model_dir, bench, params: dict, out_dir, seed: int, device: str = "auto") -> dict:
-        from ..models.io import load_tokenizer
-
-        started = time.time()
-        cfg = cls.Config.from_dict(params)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        rows = cls.build_items(load_tokenizer(model_dir), bench, cfg)
-        atomic_write_jsonl(out_dir / ITEMS_FILE, rows)
-        return write_attack_json(out_dir, cls, cfg, seed, model_dir, bench, started,
-                                 result={"n_items": len(rows),
-                                         "n_answer_in_prefix": sum(r["answer_in_prefix"] for r in rows)})
+    def item_summary(cls, rows: list[dict]) -> dict:
+        return {"n_items": len(rows), "n_answer_in_prefix": sum(r["answer_in_prefix"] for r in rows)}
 
     @classmethod
     def evaluate(cls, model, tokenizer, bench, artefact_dir, eval_cfg: dict | None, seed: int):
         cfg, _doc = config_from_artefact(cls, artefact_dir)
-        rows = read_jsonl(Path(artefact_dir) / ITEMS_FILE)
+        rows = read_jsonl(Path(artefact_dir) / cls.ITEMS_FILE)
         judged_idx = [i for i, r in enumerate(rows) if not r["answer_in_prefix"] and r["aliases"]]
         judged = [rows[i] for i in judged_idx]
         outs = generate_texts(model, tokenizer, [r["prompt"] for r in judged], max_new_tokens=cfg.max_new_tokens,
