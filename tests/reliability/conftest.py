@@ -3,6 +3,9 @@ determinism, network, planted-key, SIGKILL and SIGTERM tests (see relkit.py for 
 from __future__ import annotations
 
 import dataclasses
+import re
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -38,3 +41,81 @@ def reference_run(tmp_path_factory) -> Run:
     if res.returncode != 0:
         pytest.fail("reference run of the miniature config failed:\n" + relkit.explain(res, workdir))
     return Run(workdir, res.stdout, res.stderr, seconds, net_log, bool(prefix))
+
+
+@dataclasses.dataclass
+class KilledRun:
+    workdir: Path
+    kill_returncode: int
+    killed_job: str              # model id of the unlearning job that was mid-way
+    steps_at_kill: int
+    total_steps: int
+    planned: dict                # {rule: jobs} of the killed run
+    finished_rules: list         # rules of the jobs finished before the kill
+    kept: dict                   # {path: mtime_ns} of every output of those jobs, before the rerun
+    locked: object               # the rerun attempted before --unlock
+    unlock: object
+    rerun: object
+
+
+def _job_outputs(text: str) -> dict[str, list[str]]:
+    """{jobid: [output paths]} of every job block of a Snakemake log."""
+    out = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        jid = re.search(r"^\s+jobid: (\d+)$", block, re.M)
+        outs = re.search(r"^\s+output: (.+)$", block, re.M)
+        if jid and outs:
+            out[jid.group(1)] = [p.strip() for p in outs.group(1).split(",")]
+    return out
+
+
+def _mtimes(path: Path) -> dict[str, int]:
+    paths = [path, *sorted(path.rglob("*"))] if path.is_dir() else [path]
+    return {str(p): p.stat().st_mtime_ns for p in paths}
+
+
+@pytest.fixture(scope="session")
+def killed_run(tmp_path_factory) -> KilledRun:
+    """A second run FROM SCRATCH of the miniature config's data, models and unlearning settings, with a smaller
+    grid (GA and NPO, one relearning setting). SIGKILL hits the whole process group while an unlearning job is
+    mid-way (and at least one job has finished); then --unlock and --rerun-incomplete. Shared by the SIGKILL test
+    and the determinism test (same seeds as the reference, trained again from scratch)."""
+    cfg = relkit.variant(methods={"ga": relkit.MINI_METHODS["ga"], "npo": relkit.MINI_METHODS["npo"]},
+                         attacks=relkit.RELEARN_10)
+    top = tmp_path_factory.mktemp("rel_sigkill")
+    wd = relkit.copy_workflow(top / "wf", cfg)
+    log_path = top / "killed_run.log"
+    steps = cfg["unlearning"]["train"]["steps"]
+    checkpoints = wd / relkit.BENCH / "checkpoints" / "unlearn"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(relkit.snakemake_cmd(), cwd=wd, env=relkit.snakemake_env(), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def mid_unlearning():
+            if proc.poll() is not None:
+                raise AssertionError("snakemake ended before the kill:\n" + log_path.read_text()[-3000:])
+            if not relkit.finished_jobs(log_path.read_text()):
+                return None  # at least one finished job, so that "not recomputed" means something
+            for live in checkpoints.rglob("train_log.live.jsonl"):
+                n = relkit.count_lines(live)
+                if 2 <= n < steps - 3 and relkit.ru_pids(wd, "unlearn"):
+                    return live, n
+            return None
+
+        live, n = relkit.wait_for(mid_unlearning, timeout=1800, what="a finished job and an unlearning job mid-way")
+        relkit.kill_group(proc, signal.SIGKILL)          # snakemake and every job it started
+        proc.wait(timeout=60)
+    finally:
+        relkit.kill_group(proc, signal.SIGKILL)
+    relkit.wait_for(lambda: not relkit.pids_in(wd), timeout=60, what="every process of the killed run to exit")
+    text = log_path.read_text()
+    outputs = _job_outputs(text)
+    kept: dict[str, int] = {}
+    for jid in re.findall(r"Finished jobid: (\d+) \(Rule: \w+\)", text):
+        for p in outputs.get(jid, []):
+            kept |= _mtimes(wd / p)
+    locked = relkit.run_snakemake(wd, "--rerun-incomplete")   # refused: the killed run left its lock behind
+    unlock = relkit.run_snakemake(wd, "--unlock")
+    rerun = relkit.run_snakemake(wd, "--rerun-incomplete", timeout=1800)
+    return KilledRun(wd, proc.returncode, live.parent.relative_to(wd / relkit.BENCH / "checkpoints").as_posix(), n,
+                     steps, relkit.planned_jobs(text), relkit.finished_jobs(text), kept, locked, unlock, rerun)

@@ -1,58 +1,59 @@
-"""Determinism on CPU: a second run FROM SCRATCH (data generated, base model and oracle trained again) with the
-same seeds writes bit-identical data and weights and the same metrics.csv rows as the reference run; a different
-unlearning seed changes the unlearned model and its metrics.
+"""Determinism on CPU.
 
-Run B keeps the miniature config's benchmark, model and unlearning settings and shrinks only the grid (NPO, one
-relearning setting) to fit the test budget; its cells are a subset of the reference's and are compared row by
-row (timing and memory rows excepted: they measure the machine, not the method)."""
+Same seed: run A is the reference run of the miniature config; run B is the SIGKILL run (conftest.killed_run),
+which generates the data and trains the base model and the oracle again FROM SCRATCH with the same config
+sections and seeds, on a smaller grid (GA, NPO, one relearning setting) to fit the test budget. Its data files
+and weights are byte-identical to A's and its metrics.csv rows equal A's rows for the same cells (timing and
+memory rows excepted: they measure the machine, not the method).
+
+Different seed: NPO with unlearning seed 1 (data and base model shared with A) gives other weights and other
+metrics than seed 0.
+"""
 from __future__ import annotations
+
+import json
 
 import pandas as pd
 import pytest
 
 import relkit
-from relkit import BENCH, MINI_METHODS, NPO, RELEARN_10
+from relkit import BENCH, MINI_METHODS, NPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 NPO_SEED1 = NPO.replace("seed~0", "seed~1")
 
 
-@pytest.fixture(scope="module")
-def run_b(reference_run, tmp_path_factory):
-    cfg = relkit.variant(methods={"npo": MINI_METHODS["npo"]}, attacks=RELEARN_10, **{"unlearning.seeds": [0, 1]})
-    wd = relkit.copy_workflow(tmp_path_factory.mktemp("rel_determinism") / "wf", cfg)
-    res = relkit.run_snakemake(wd, timeout=1800)
-    if res.returncode != 0:
-        pytest.fail("determinism run B failed:\n" + relkit.explain(res, wd))
-    return wd
-
-
 def _files(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_same_seed_gives_identical_data_weights_and_metrics(reference_run, run_b):
-    ref = reference_run.workdir
-    assert _files(run_b / BENCH / "data") == _files(ref / BENCH / "data")
-    for model in ("models/base", "models/retrain", f"{NPO}/model"):
-        a = (run_b / BENCH / model / "model.safetensors").read_bytes()
-        assert a == (ref / BENCH / model / "model.safetensors").read_bytes(), model
-    got = relkit.comparable(relkit.read_tidy(run_b))
-    got = got[got["model_id"] != NPO_SEED1].reset_index(drop=True)
-    assert set(got["status"]) == {"ok"}
-    want = relkit.comparable(relkit.read_tidy(ref), relkit.cells_of(got))
-    assert len(relkit.cells_of(got)) == 3 + 1             # base, retrain, npo clean + npo relearned
+def test_same_seed_gives_identical_data_weights_and_metrics(reference_run, killed_run):
+    a, b = reference_run.workdir, killed_run.workdir
+    assert b != a and killed_run.rerun.returncode == 0
+    assert _files(b / BENCH / "data") == _files(a / BENCH / "data")
+    for model in ("models/base", "models/retrain", "unlearn/ga/lr~5e-4/seed~0/model", f"{NPO}/model"):
+        assert (b / BENCH / model / "model.safetensors").read_bytes() == \
+            (a / BENCH / model / "model.safetensors").read_bytes(), model
+    got = relkit.comparable(relkit.read_tidy(b))
+    want = relkit.comparable(relkit.read_tidy(a), relkit.cells_of(got))
+    assert len(got) > 50
     pd.testing.assert_frame_equal(got, want)
 
 
-def test_a_different_seed_changes_the_metrics(run_b):
-    df = relkit.comparable(relkit.read_tidy(run_b))
-    seed0 = df[df["model_id"] == NPO].set_index(["attack", "attack_params", "metric"])["value"]
-    seed1 = df[df["model_id"] == NPO_SEED1].set_index(["attack", "attack_params", "metric"])["value"]
-    assert set(seed0.index) == set(seed1.index) and len(seed0) > 5
-    differ = [k for k in seed0.index if seed0[k] != seed1[k]]
-    assert len(differ) >= 3, (seed0, seed1)
-    w0 = (run_b / BENCH / NPO / "model" / "model.safetensors").read_bytes()
-    w1 = (run_b / BENCH / NPO_SEED1 / "model" / "model.safetensors").read_bytes()
+def test_a_different_seed_changes_the_metrics(reference_run, tmp_path):
+    ref = reference_run.workdir
+    cfg = relkit.variant(methods={"npo": MINI_METHODS["npo"]}, attacks={"enabled": []}, **{"unlearning.seeds": [1]})
+    wd = relkit.seed_workdir(ref, tmp_path / "wf", cfg, extra=["eval/models"])
+    target = f"{BENCH}/eval/{NPO_SEED1}/none/default/metrics.json"
+    res = relkit.run_snakemake(wd, target)
+    assert res.returncode == 0, relkit.explain(res, wd)
+    assert relkit.planned_jobs(res.stdout + res.stderr) == {"unlearn": 1, "evaluate": 1}
+    m1 = json.loads((wd / target).read_text())["metrics"]
+    m0 = json.loads((ref / BENCH / "eval" / NPO / "none" / "default" / "metrics.json").read_text())["metrics"]
+    assert set(m0) == set(m1) and len(m0) > 5
+    differ = sorted(k for k in m0 if m0[k] != m1[k])
+    assert len(differ) >= 3, (m0, m1)
+    w0 = (ref / BENCH / NPO / "model" / "model.safetensors").read_bytes()
+    w1 = (wd / BENCH / NPO_SEED1 / "model" / "model.safetensors").read_bytes()
     assert w0 != w1

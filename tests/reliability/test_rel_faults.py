@@ -26,90 +26,31 @@ from relkit import BENCH, MINI_METHODS, NPO, RELEARN_10
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 
-def _job_outputs(text: str) -> dict[str, list[str]]:
-    """{jobid: [output paths]} of every job block of a Snakemake log."""
-    out = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
-        jid = re.search(r"^\s+jobid: (\d+)$", block, re.M)
-        outs = re.search(r"^\s+output: (.+)$", block, re.M)
-        if jid and outs:
-            out[jid.group(1)] = [p.strip() for p in outs.group(1).split(",")]
-    return out
-
-
-def _finished_ids(text: str) -> list[str]:
-    return re.findall(r"Finished jobid: (\d+) \(Rule: \w+\)", text)
-
-
-def _mtimes(path):
-    if path.is_dir():
-        return {str(p): p.stat().st_mtime_ns for p in sorted(path.rglob("*"))} | {str(path): path.stat().st_mtime_ns}
-    return {str(path): path.stat().st_mtime_ns}
-
-
 # ------------------------------------------------------------------------------------------------ SIGKILL
-def test_sigkill_mid_unlearning_then_unlock_and_rerun_incomplete(reference_run, tmp_path):
-    ref = reference_run.workdir
-    cfg = relkit.variant(methods=MINI_METHODS, attacks=RELEARN_10)
-    wd = relkit.seed_workdir(ref, tmp_path / "wf", cfg)
-    log_path = tmp_path / "killed_run.log"
-    steps = cfg["unlearning"]["train"]["steps"]
-    checkpoints = wd / BENCH / "checkpoints" / "unlearn"
-
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(relkit.snakemake_cmd(), cwd=wd, env=relkit.snakemake_env(), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        def mid_unlearning():
-            if proc.poll() is not None:
-                raise AssertionError("snakemake ended before the kill:\n" + log_path.read_text()[-3000:])
-            if not _finished_ids(log_path.read_text()):
-                return None  # wait until at least one job is finished, so that "not recomputed" means something
-            for live in checkpoints.rglob("train_log.live.jsonl"):
-                if 2 <= relkit.count_lines(live) < steps - 2 and relkit.ru_pids(wd, "unlearn"):
-                    return live
-            return None
-
-        live = relkit.wait_for(mid_unlearning, timeout=900, what="a finished job and an unlearning job mid-way")
-        relkit.kill_group(proc, signal.SIGKILL)          # the whole process group: snakemake and its jobs
-        proc.wait(timeout=60)
-    finally:
-        relkit.kill_group(proc, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL
-    relkit.wait_for(lambda: not relkit.pids_in(wd), timeout=60, what="every process of the killed run to exit")
-    killed_text = log_path.read_text()
-    killed_job = live.parent.relative_to(wd / BENCH / "checkpoints").as_posix()
-    assert not (wd / BENCH / killed_job / "run.json").exists()
-
-    outputs = _job_outputs(killed_text)
-    finished = _finished_ids(killed_text)
-    planned = relkit.planned_jobs(killed_text)
-    done_rules = relkit.finished_jobs(killed_text)
-    kept = {}
-    for jid in finished:
-        for p in outputs[jid]:
-            kept |= _mtimes(wd / p)
-
-    locked = relkit.run_snakemake(wd, "--rerun-incomplete")   # the killed run left its lock behind
-    assert locked.returncode != 0 and "lock" in (locked.stdout + locked.stderr).lower(), locked.stderr[-2000:]
-    unlock = relkit.run_snakemake(wd, "--unlock")
-    assert unlock.returncode == 0, relkit.explain(unlock, wd)
-    rerun = relkit.run_snakemake(wd, "--rerun-incomplete")
-    assert rerun.returncode == 0, relkit.explain(rerun, wd)
+def test_sigkill_mid_unlearning_then_unlock_and_rerun_incomplete(killed_run, reference_run):
+    """The run is killed (conftest.killed_run) after the data, the base model and possibly more were done, while
+    an unlearning job is mid-way; the whole process group dies, the lock stays behind."""
+    k = killed_run
+    assert k.kill_returncode == -signal.SIGKILL
+    assert k.killed_job.startswith("unlearn/") and k.steps_at_kill < k.total_steps
+    assert "cache_base_model" in k.finished_rules           # an expensive finished job that must not run again
+    assert k.locked.returncode != 0 and "lock" in (k.locked.stdout + k.locked.stderr).lower()
+    assert k.unlock.returncode == 0 and k.rerun.returncode == 0, relkit.explain(k.rerun, k.workdir)
 
     # no finished job ran again: the rerun planned exactly the rest, and their outputs were not touched
-    again = relkit.planned_jobs(rerun.stdout + rerun.stderr)
-    expected = {r: n - done_rules.count(r) for r, n in planned.items() if n - done_rules.count(r) > 0}
-    assert again == expected, (again, expected, done_rules)
-    assert kept and {path: os.stat(path).st_mtime_ns for path in kept} == kept
-    assert (wd / BENCH / killed_job / "run.json").is_file()
+    again = relkit.planned_jobs(k.rerun.stdout + k.rerun.stderr)
+    expected = {r: n - k.finished_rules.count(r) for r, n in k.planned.items() if n - k.finished_rules.count(r)}
+    assert again == expected, (again, expected, k.finished_rules)
+    assert k.kept and {path: os.stat(path).st_mtime_ns for path in k.kept} == k.kept
+    run = json.loads((k.workdir / BENCH / k.killed_job / "run.json").read_text())
+    assert run["status"] == "ok" and run["steps"] == k.total_steps
 
     # the grid completed, and its rows equal those of the uninterrupted reference
-    got = relkit.comparable(relkit.read_tidy(wd))
+    got = relkit.comparable(relkit.read_tidy(k.workdir))
     assert set(got["status"]) == {"ok"}, got[got["status"] != "ok"]
-    want = relkit.comparable(relkit.read_tidy(ref), relkit.cells_of(got))
+    assert len(relkit.cells_of(got)) == 4 + 2            # clean: base, retrain, ga, npo; relearned: ga, npo
+    want = relkit.comparable(relkit.read_tidy(reference_run.workdir), relkit.cells_of(got))
     pd.testing.assert_frame_equal(got, want)
-    assert len(relkit.cells_of(got)) == 4 + 3 * 2   # base, retrain, 3 methods clean + 3 relearned
 
 
 # ------------------------------------------------------------------------------------------------ SIGTERM

@@ -187,6 +187,7 @@ ALLOWED_WRITERS = {
     ("methods/loop.py", "_open_live_log"): "progress log in the checkpoint dir (not an output; rewritten from "
                                            "the checkpointed rows on resume)",
     ("models/gguf.py", "*"): "GGUF conversion, saved through models.io.save_model / atomic_dir",
+    ("models/cache.py", "finish_tokenizer"): "writes into the atomic_dir temp folder of its callers",
 }
 
 

@@ -120,3 +120,25 @@ def test_per_attack_targets_override_the_global_list(base_config):
     cfg["attacks"]["relearn"]["targets"] = ["nobody"]
     with pytest.raises(ConfigValidationError, match="attacks.relearn.targets"):
         validate_config(cfg)
+
+
+def test_attack_with_limits_which_attacks_a_grid_faces(base_config):
+    cfg = copy.deepcopy(base_config)
+    cfg["unlearning"]["methods"]["npo"] = [{"lr": [1e-3], "beta": [0.02]},
+                                           {"lr": [1e-3], "beta": [0.5], "attack_with": ["relearn"]}]
+    runs = {r.params: r for r in unlearn_runs(validate_config(cfg)) if r.method == "npo"}
+    assert runs["beta~0.02_lr~1e-3"].faces("gcg") and runs["beta~0.5_lr~1e-3"].faces("relearn")
+    assert not runs["beta~0.5_lr~1e-3"].faces("gcg")
+    assert "attack_with" not in runs["beta~0.5_lr~1e-3"].settings
+    cfg["unlearning"]["methods"]["npo"][1]["attack_with"] = ["gcg"]  # not enabled
+    with pytest.raises(ConfigValidationError, match="attack_with"):
+        validate_config(cfg)
+
+
+def test_under_attack_evaluation_overrides_are_validated(base_config):
+    cfg = copy.deepcopy(base_config)
+    cfg["evaluation"]["under_attack"] = {"metrics": ["mcq_cloze"]}
+    validate_config(cfg)
+    cfg["evaluation"]["under_attack"] = {"colour": "red"}
+    with pytest.raises(ConfigValidationError, match="evaluation.under_attack"):
+        validate_config(cfg)

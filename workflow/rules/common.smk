@@ -47,15 +47,16 @@ def run_dir(model_id):
     return f"{B}/{model_id}"
 
 
-def attacked_model_ids(targets):
-    """Model ids selected by a target list: "unlearned", "base", "retrain" or method names."""
+def attacked_model_ids(targets, attack):
+    """Model ids selected by a target list ("unlearned", "base", "retrain" or method names), keeping only the
+    runs whose grid lets them face ``attack`` (``attack_with``)."""
     targets = set(targets)
     ids = []
     if "base" in targets:
         ids.append("models/base")
     if "retrain" in targets and has_retrain(config):
         ids.append("models/retrain")
-    ids += [r.model_id for r in RUNS if "unlearned" in targets or r.method in targets]
+    ids += [r.model_id for r in RUNS if ("unlearned" in targets or r.method in targets) and r.faces(attack)]
     return ids
 
 
@@ -69,7 +70,7 @@ def expected_cells():
     """Every (model id, attack, params) the grid asks for: the aggregate marks absent ones as missing."""
     cells = [[m, "none", "default"] for m in clean_eval_ids()]
     for a in ATTACKS:
-        cells += [[m, a.attack, a.params] for m in attacked_model_ids(a.targets)]
+        cells += [[m, a.attack, a.params] for m in attacked_model_ids(a.targets, a.attack)]
     return cells
 
 

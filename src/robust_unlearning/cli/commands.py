@@ -133,6 +133,9 @@ def cmd_evaluate(args) -> int:
             if "privleak_auc" in ref:
                 reference = {"auc_retrain": ref["privleak_auc"], "auc_retrain_minkpp": ref.get("privleak_minkpp_auc")}
         eval_cfg = dict(args.evaluation)
+        under_attack = eval_cfg.pop("under_attack", None) or {}
+        if args.attack != "none":  # e.g. fewer metrics for attacked copies (evaluation.under_attack)
+            eval_cfg.update(under_attack)
         if args.attack == "none" or _attack_kind(args.attack) == "model":
             metrics, items = evaluate_model(model, tok, bench, eval_cfg, reference=reference)
         else:

@@ -84,12 +84,19 @@ def expand(spec: dict | list, where: str) -> list[tuple[dict, dict]]:
     return out
 
 
+ATTACK_WITH = "attack_with"  # reserved key of a method grid: which attacks its runs face (default: all)
+
+
 @dataclass(frozen=True)
 class UnlearnRun:
     method: str
     params: str                     # folder name (axes only)
     seed: int
     settings: dict = field(hash=False, compare=False, default_factory=dict)  # axes + fixed
+    attack_with: tuple | None = None  # None = every enabled attack
+
+    def faces(self, attack: str) -> bool:
+        return self.attack_with is None or attack in self.attack_with
 
     @property
     def model_id(self) -> str:
@@ -107,9 +114,19 @@ class AttackSetting:
 def unlearn_runs(config: dict) -> list[UnlearnRun]:
     runs = []
     for method, spec in config["unlearning"]["methods"].items():
-        for axes, fixed in expand(spec, f"unlearning.methods.{method}"):
-            for seed in config["unlearning"]["seeds"]:
-                runs.append(UnlearnRun(method, param_string(axes), int(seed), {**fixed, **axes}))
+        for i, grid in enumerate(_grids(spec)):
+            grid = dict(grid)
+            attack_with = grid.pop(ATTACK_WITH, None)
+            where = f"unlearning.methods.{method}" + (f"[{i}]" if isinstance(spec, list) else "")
+            for axes, fixed in expand(grid, where):
+                for seed in config["unlearning"]["seeds"]:
+                    runs.append(UnlearnRun(method, param_string(axes), int(seed), {**fixed, **axes},
+                                           tuple(attack_with) if attack_with is not None else None))
+    ids = [r.model_id for r in runs]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"unlearning.methods: two grids produce the same runs {dupes}; make the differing "
+                         "setting a list (a grid axis)")
     return runs
 
 

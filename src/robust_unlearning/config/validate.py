@@ -139,6 +139,11 @@ def _validate_semantics(cfg: dict) -> None:
         if name in cfg["attacks"] and name not in enabled:
             raise ConfigValidationError(f"config key 'attacks.{name}': settings given for an attack that is not "
                                         "in attacks.enabled")
+    for run in runs:
+        for a in run.attack_with or ():
+            if a not in enabled:
+                raise ConfigValidationError(f"config key 'unlearning.methods.{run.method}.attack_with': {a!r} is not "
+                                            "in attacks.enabled")
     for s in settings:
         cls = get_attack(s.attack)
         _check(lambda: cls.Config.from_dict(dict(s.settings)), f"attacks.{s.attack}")
@@ -156,7 +161,12 @@ def _validate_semantics(cfg: dict) -> None:
 
     from ..metrics.evaluate import EvalConfig
 
-    _check(lambda: EvalConfig.from_dict(cfg.get("evaluation", {})), "evaluation")
+    evaluation = dict(cfg.get("evaluation", {}))
+    under_attack = evaluation.pop("under_attack", None) or {}
+    if not isinstance(under_attack, dict):
+        raise ConfigValidationError("config key 'evaluation.under_attack': expected a mapping of evaluation keys")
+    _check(lambda: EvalConfig.from_dict(evaluation), "evaluation")
+    _check(lambda: EvalConfig.from_dict({**evaluation, **under_attack}), "evaluation.under_attack")
 
 
 def _check(fn, where: str) -> None:
