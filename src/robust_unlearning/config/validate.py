@@ -121,7 +121,9 @@ def _validate_semantics(cfg: dict) -> None:
 
     from ..methods.registry import get_method
     from ..methods.loop import TrainConfig
+    from ..methods.probe import ProbeConfig
 
+    _check(lambda: ProbeConfig.from_dict(cfg.get("probe", {})), "probe")
     _check(lambda: TrainConfig.from_dict(cfg["unlearning"].get("train", {})), "unlearning.train")
     for run in runs:
         try:
@@ -174,7 +176,9 @@ def _check(fn, where: str) -> None:
         fn()
     except (ValueError, TypeError, KeyError) as exc:
         if getattr(exc, "key", None):
-            raise ConfigValidationError(f"config key '{where}.{exc.key}': {getattr(exc, 'msg', exc)}") from exc
+            msg = str(exc).strip("'\"")
+            msg = msg[len(f"{exc.key}: "):] if msg.startswith(f"{exc.key}: ") else msg
+            raise ConfigValidationError(f"config key '{where}.{exc.key}': {msg}") from exc
         text = str(exc).strip("'\"")
         # dataclass errors start with the field name ("beta: must be > 0"): prefix the section path
         key, sep, msg = text.partition(": ")
