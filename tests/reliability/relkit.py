@@ -136,7 +136,8 @@ def snakemake_env(extra: dict | None = None) -> dict:
 
 
 def snakemake_cmd(*args: str, cores: int = 2, configfile: str = "run.yaml") -> list[str]:
-    return [str(BIN / "snakemake"), "--cores", str(cores), "--configfile", configfile, *args]
+    """``args`` first: --configfile (like --config) takes several values, it would swallow a target after it."""
+    return [str(BIN / "snakemake"), *args, "--cores", str(cores), "--configfile", configfile]
 
 
 def run_snakemake(workdir: Path, *args: str, env: dict | None = None, prefix: list[str] | None = None,

@@ -417,7 +417,7 @@ def test_preset_uses_the_published_hyperparameters(preset):
     assert prism["lambda_r"] == want["lam_r"] and prism["rho"] == [want["rho"]]
     assert prism["gamma_max"] == [want["gamma"]]
     assert cfg["probe"]["layers"] == [want["layer"]] and cfg["probe"]["batch_size"] == want["probe_batch"]
-    assert float(cfg["probe"]["lr"]) == 1e-4 and cfg["probe"]["epsilon"] == 0.01 and cfg["probe"]["alpha"] == 0.4
+    assert float(cfg["probe"]["lr"]) == 1e-4 and cfg["probe"]["eps"] == 0.01 and cfg["probe"]["adv_alpha"] == 0.4
     assert cfg["unlearning"]["methods"]["sam_npo"]["rho"] == [want["sam_rho"]]
 
 
