@@ -14,9 +14,14 @@ import torch
 IGNORE_INDEX = -100
 
 
-def encode_text(tokenizer, text: str, max_len: int) -> dict:
-    """Raw text with BOS; loss on every token (MUSE / document style)."""
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_len]
+def encode_text(tokenizer, text: str, max_len: int, add_eos: bool = False) -> dict:
+    """Raw text with BOS; loss on every token (MUSE / document style). ``add_eos`` closes a self-contained row
+    (base-training mixtures), so that the model learns where an answer or a document ends and greedy decoding
+    stops there instead of running on to the token limit."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    if add_eos:
+        ids = ids + [tokenizer.eos_token_id]
+    ids = ids[:max_len]
     return {"input_ids": ids, "labels": list(ids)}
 
 

@@ -92,7 +92,7 @@ def build_examples(bench: Benchmark, tokenizer, split: str, source: str, max_len
 
 
 def build_mixture_examples(path: str | os.PathLike, tokenizer, max_len: int) -> list[dict]:
-    """Base-training rows of ``train/*_mix.jsonl`` (benchmarks.md §6.5): ``{"text"}`` → ``encode_text``;
+    """Base-training rows of ``train/*_mix.jsonl`` (benchmarks.md §6.5): ``{"text"}`` → ``encode_text`` + EOS;
     ``{"messages"}`` → chat template with loss on all non-pad tokens (``mask_prompt=False``)."""
     path = Path(path)
     try:
@@ -105,7 +105,7 @@ def build_mixture_examples(path: str | os.PathLike, tokenizer, max_len: int) -> 
     out = []
     for lineno, row in zip(linenos, rows):
         if isinstance(row, dict) and isinstance(row.get("text"), str):
-            out.append(encode_text(tokenizer, row["text"], max_len))
+            out.append(encode_text(tokenizer, row["text"], max_len, add_eos=True))
         elif isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"]:
             msgs = row["messages"]
             if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
