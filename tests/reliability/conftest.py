@@ -3,7 +3,10 @@ determinism, network, planted-key, SIGKILL and SIGTERM tests (see relkit.py for 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -28,18 +31,29 @@ class Run:
 def reference_run(tmp_path_factory) -> Run:
     """The miniature config from scratch, networking blocked for every process (private network namespace when
     the kernel allows it, and a sitecustomize guard that refuses and records any connection), a fake API key
-    planted in the environment."""
-    top = tmp_path_factory.mktemp("rel_reference")
+    planted in the environment. RU_RELIABILITY_REFERENCE=<dir> keeps it in <dir> and reuses it next time (for
+    work on the suite itself; the Makefile never sets it)."""
+    keep = os.environ.get("RU_RELIABILITY_REFERENCE")  # developing the suite: keep this run between sessions
+    top = Path(keep) if keep else tmp_path_factory.mktemp("rel_reference")
+    done = top / "reference.json"
+    if keep and done.is_file():
+        info = json.loads(done.read_text())
+        return Run(top / "wf", (top / "reference.out").read_text(), (top / "reference.err").read_text(),
+                   info["seconds"], top / "netguard.log", info["netns"])
+    shutil.rmtree(top / "wf", ignore_errors=True)
     workdir = relkit.copy_workflow(top / "wf")
     guard_env, net_log = relkit.net_guard(top)
     prefix = relkit.unshare_prefix()
     env = relkit.snakemake_env({**guard_env, "OPENAI_API_KEY": relkit.PLANTED_KEY, "HF_TOKEN": relkit.PLANTED_KEY,
                                 "RU_JUDGE_API_KEY": relkit.PLANTED_KEY})
     t0 = time.monotonic()
-    res = relkit.run_snakemake(workdir, env=env, prefix=prefix, timeout=1800)
+    res = relkit.run_snakemake(workdir, env=env, prefix=prefix, timeout=3600)
     seconds = time.monotonic() - t0
     if res.returncode != 0:
         pytest.fail("reference run of the miniature config failed:\n" + relkit.explain(res, workdir))
+    (top / "reference.out").write_text(res.stdout)
+    (top / "reference.err").write_text(res.stderr)
+    done.write_text(json.dumps({"seconds": seconds, "netns": bool(prefix)}))
     return Run(workdir, res.stdout, res.stderr, seconds, net_log, bool(prefix))
 
 
@@ -81,7 +95,7 @@ def killed_run(tmp_path_factory) -> KilledRun:
     mid-way (and at least one job has finished); then --unlock and --rerun-incomplete. Shared by the SIGKILL test
     and the determinism test (same seeds as the reference, trained again from scratch)."""
     cfg = relkit.variant(methods={"ga": relkit.MINI_METHODS["ga"], "npo": relkit.MINI_METHODS["npo"]},
-                         attacks=relkit.RELEARN_10)
+                         attacks=relkit.RELEARN_ONE)
     top = tmp_path_factory.mktemp("rel_sigkill")
     wd = relkit.copy_workflow(top / "wf", cfg)
     log_path = top / "killed_run.log"

@@ -32,7 +32,6 @@ BENCH = "results/synthetic"
 PLANTED_KEY = "sk-reliability-PLANTED-7f3c9a1e5b2d4c6e8a0b"
 #: timing and memory legitimately differ between two runs of the same config (excluded from comparisons)
 COST_METRICS = {"s_per_step", "tokens_per_s", "peak_mem_mb"}
-NPO = "unlearn/npo/beta~0.1_lr~1e-3/seed~0"
 
 _NET_GUARD = '''\
 """Installed by tests/reliability (PYTHONPATH): refuse and record every non-local network connection."""
@@ -85,9 +84,9 @@ def variant(methods: dict | None = None, attacks: dict | None = None, **top) -> 
     a workdir seeded from the reference reuses its data and models)."""
     cfg = mini_config()
     if methods is not None:
-        cfg["unlearning"]["methods"] = methods
+        cfg["unlearning"]["methods"] = copy.deepcopy(methods)
     if attacks is not None:
-        cfg["attacks"] = attacks
+        cfg["attacks"] = copy.deepcopy(attacks)
     cfg.setdefault("report", {})["loss_landscape"] = False
     for key, value in top.items():
         node = cfg
@@ -98,10 +97,28 @@ def variant(methods: dict | None = None, attacks: dict | None = None, **top) -> 
     return cfg
 
 
-MINI_METHODS = {"ga": {"lr": [5.0e-4]}, "graddiff": {"lr": [5.0e-4], "retain_loss": "gdr"},
-                "npo": {"lr": [1.0e-3], "beta": [0.1], "retain_loss": "gdr"}}
-RELEARN_10 = {"enabled": ["relearn"], "targets": ["unlearned"],
-              "relearn": {"steps": [10], "fraction": [1.0], "lr": 1.0e-3, "batch_size": 4}}
+def run_ids(cfg: dict, method: str) -> list[str]:
+    """Model ids (``unlearn/<method>/<params>/seed~<s>``) of ``method`` in ``cfg``, as the workflow names them."""
+    from robust_unlearning.config import validate_config
+    from robust_unlearning.config.grid import unlearn_runs
+
+    return [r.model_id for r in unlearn_runs(validate_config(cfg)) if r.method == method]
+
+
+def attack_params(cfg: dict, attack: str) -> list[str]:
+    from robust_unlearning.config import validate_config
+    from robust_unlearning.config.grid import attack_settings
+
+    return [a.params for a in attack_settings(validate_config(cfg)) if a.attack == attack]
+
+
+#: the miniature config's methods (ga, graddiff, npo) and their model ids: the variants reuse them unchanged
+MINI_METHODS = mini_config()["unlearning"]["methods"]
+GA, GRADDIFF, NPO = (run_ids(mini_config(), m)[0] for m in ("ga", "graddiff", "npo"))
+#: its relearning attack with the smallest step count only, on the unlearned models
+_relearn = mini_config()["attacks"]["relearn"]
+RELEARN_ONE = {"enabled": ["relearn"], "targets": ["unlearned"],
+               "relearn": {**_relearn, **{k: v[:1] for k, v in _relearn.items() if isinstance(v, list)}}}
 
 
 # ------------------------------------------------------------------------------------------------ workdirs

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 import relkit
-from relkit import BENCH, MINI_METHODS, NPO, RELEARN_10
+from relkit import BENCH, GA, MINI_METHODS, NPO, RELEARN_ONE
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -44,6 +44,7 @@ def test_sigkill_mid_unlearning_then_unlock_and_rerun_incomplete(killed_run, ref
     assert k.kept and {path: os.stat(path).st_mtime_ns for path in k.kept} == k.kept
     run = json.loads((k.workdir / BENCH / k.killed_job / "run.json").read_text())
     assert run["status"] == "ok" and run["steps"] == k.total_steps
+    assert not list((k.workdir / BENCH).rglob(".*.tmp"))  # temp files/dirs of the killed writers were removed
 
     # the grid completed, and its rows equal those of the uninterrupted reference
     got = relkit.comparable(relkit.read_tidy(k.workdir))
@@ -94,14 +95,15 @@ def test_sigterm_checkpoints_and_the_rerun_resumes_bit_identically(reference_run
 
 # ------------------------------------------------------------------------------------------------ keep-going
 GA_NAN = "unlearn/ga/lr~1e9/seed~0"          # a real NaN: learning rate 1e9
-GA_FAIL = "unlearn/ga/lr~5e-4/seed~0"        # fails by injection
-RELEARN = "fraction~1_steps~10"
+GA_FAIL = GA                                 # the miniature config's GA, made to fail by injection
+RELEARN = relkit.attack_params(relkit.variant(attacks=RELEARN_ONE), "relearn")[0]
 
 
 def test_keep_going_finishes_independent_branches_and_the_aggregate_marks_missing_cells(reference_run, tmp_path):
     ref = reference_run.workdir
-    attacks = {**RELEARN_10, "targets": ["unlearned", "base"]}
-    cfg = relkit.variant(methods={"ga": {"lr": [1.0e9, 5.0e-4]}, "npo": MINI_METHODS["npo"]}, attacks=attacks,
+    attacks = {**RELEARN_ONE, "targets": ["unlearned", "base"]}
+    cfg = relkit.variant(methods={"ga": {"lr": [1.0e9, *MINI_METHODS["ga"]["lr"]]}, "npo": MINI_METHODS["npo"]},
+                         attacks=attacks,
                          **{"unlearning.train.on_divergence": "record"})
     # base / oracle evaluations and the relearned base model come from the reference (same inputs)
     wd = relkit.seed_workdir(ref, tmp_path / "wf", cfg, extra=[
@@ -130,7 +132,7 @@ def test_keep_going_finishes_independent_branches_and_the_aggregate_marks_missin
     part = relkit.run_snakemake(wd, "--config", "allow_missing=true")
     assert part.returncode == 0, relkit.explain(part, wd)
     assert relkit.planned_jobs(part.stdout + part.stderr) == {"aggregate": 1, "all": 1}
-    df = relkit.read_tidy(wd)
+    df = relkit.comparable(relkit.read_tidy(wd))       # cost rows come from run.json: not evaluation cells
     status = {c: set(g["status"]) for c, g in df.groupby(["model_id", "attack", "attack_params"])}
     assert status == {
         ("models/base", "none", "default"): {"ok"}, ("models/retrain", "none", "default"): {"ok"},
@@ -146,8 +148,8 @@ def test_keep_going_finishes_independent_branches_and_the_aggregate_marks_missin
     assert fixed.returncode == 0, relkit.explain(fixed, wd)
     planned = relkit.planned_jobs(fixed.stdout + fixed.stderr)
     assert planned == {"unlearn": 1, "attack_model": 1, "evaluate": 3, "aggregate": 1, "all": 1}, planned
-    df = relkit.read_tidy(wd)
-    assert "missing" not in set(df["status"])
+    df = relkit.comparable(relkit.read_tidy(wd))
+    assert "missing" not in set(df["status"]) and len(relkit.cells_of(df)) == 9
     assert set(df[df["model_id"] == GA_NAN]["status"]) == {"diverged"}
 
 

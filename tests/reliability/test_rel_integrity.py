@@ -273,6 +273,27 @@ def test_a_concurrent_reader_never_sees_a_partial_file(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))             # no temp file left behind
 
 
+def test_temp_files_of_killed_writers_are_removed_by_the_next_writer(tmp_path):
+    import socket
+
+    from robust_unlearning.utils.io import atomic_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)                           # a process that has exited
+    host = socket.gethostname()
+    stale_file = tmp_path / f".a.json.{host}-{dead_pid}.x1.tmp"
+    stale_dir = tmp_path / f".model.{host}-{dead_pid}.x2.tmp"
+    live = tmp_path / f".a.json.{host}-{os.getppid()}.x3.tmp"   # a live writer's temp file stays
+    stale_file.write_text('{"half": ')
+    stale_dir.mkdir()
+    (stale_dir / "model.safetensors").write_bytes(b"partial")
+    live.write_text("...")
+    atomic_write_json(tmp_path / "a.json", {"ok": True})
+    with atomic_dir(tmp_path / "model") as d:
+        (d / "x").write_text("1")
+    assert not stale_file.exists() and not stale_dir.exists() and live.exists()
+
+
 _DIR_WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path

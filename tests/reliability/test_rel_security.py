@@ -182,13 +182,16 @@ def test_hostile_config_values_are_quoted_in_every_shell_command(tmp_path):
     res = relkit.run_snakemake(wd, "-n", "-p")
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
-    commands = [line.strip() for line in out.splitlines() if line.strip().startswith("ru ")]
+    commands = [line.split("Shell command: ", 1)[1] for line in out.splitlines()
+                if line.startswith("Shell command: ru ")]
     assert len(commands) >= 6, out[-3000:]
     for cmd in commands:
-        tokens = shlex.split(cmd.split(" > ", 1)[0] if " > '" in cmd else cmd)
-        assert ";" not in tokens and "touch" not in tokens and "#" not in tokens, cmd
-        outs = [tokens[i + 1] for i, t in enumerate(tokens) if t in ("--out", "--data", "--model-dir")]
-        assert any(o.startswith(HOSTILE + "/") for o in outs), cmd    # the value arrives as one argument
+        tokens = shlex.split(cmd)                        # what bash will pass: the hostile value stays one word
+        assert ";" not in tokens and "touch" not in tokens and not any(t.startswith("#") for t in tokens), cmd
+        assert any(t.startswith(HOSTILE + "/") for t in tokens), cmd
+        if cmd.startswith("ru evaluate"):
+            judges = json.loads(tokens[tokens.index("--judges") + 1])
+            assert judges["openai_compatible"]["model"] == "m; touch PWNED_4"
     assert not _pwned(tmp_path)
 
 

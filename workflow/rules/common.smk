@@ -5,6 +5,10 @@ import shlex
 from robust_unlearning.config import validate_config
 from robust_unlearning.config.grid import attack_settings, has_pretrained, has_retrain, unlearn_runs
 
+# `--config allow_missing=true` arrives as a string (Snakemake parses only `True`/`False` as booleans)
+if str(config.get("allow_missing", "")).lower() in ("true", "yes", "1", "false", "no", "0"):
+    config["allow_missing"] = str(config["allow_missing"]).lower() in ("true", "yes", "1")
+
 try:
     config = validate_config(config)
 except ValueError as exc:  # ConfigValidationError: message names the key
