@@ -91,11 +91,10 @@ def _mtimes(path: Path) -> dict[str, int]:
 @pytest.fixture(scope="session")
 def killed_run(tmp_path_factory) -> KilledRun:
     """A second run FROM SCRATCH of the miniature config's data, models and unlearning settings, with a smaller
-    grid (GA and NPO, one relearning setting). SIGKILL hits the whole process group while an unlearning job is
+    grid (NPO, one relearning setting). SIGKILL hits the whole process group while an unlearning job is
     mid-way (and at least one job has finished); then --unlock and --rerun-incomplete. Shared by the SIGKILL test
     and the determinism test (same seeds as the reference, trained again from scratch)."""
-    cfg = relkit.variant(methods={"ga": relkit.MINI_METHODS["ga"], "npo": relkit.MINI_METHODS["npo"]},
-                         attacks=relkit.RELEARN_ONE)
+    cfg = relkit.variant(methods={"npo": relkit.MINI_METHODS["npo"]}, attacks=relkit.RELEARN_ONE)
     top = tmp_path_factory.mktemp("rel_sigkill")
     wd = relkit.copy_workflow(top / "wf", cfg)
     log_path = top / "killed_run.log"
@@ -133,3 +132,46 @@ def killed_run(tmp_path_factory) -> KilledRun:
     rerun = relkit.run_snakemake(wd, "--rerun-incomplete", timeout=1800)
     return KilledRun(wd, proc.returncode, live.parent.relative_to(wd / relkit.BENCH / "checkpoints").as_posix(), n,
                      steps, relkit.planned_jobs(text), relkit.finished_jobs(text), kept, locked, unlock, rerun)
+
+
+@dataclasses.dataclass
+class TermRun:
+    workdir: Path
+    target: str                  # the unlearning job that gets SIGTERM (NPO, seed 0)
+    first: str                   # snakemake output of the interrupted invocation
+    first_returncode: int
+    reached: int                 # step of the checkpoint it wrote
+    output_after_failure: bool   # did the failed job's output survive (it must not)
+    first_job_log: str           # the interrupted job's log (the rerun overwrites it)
+    rerun: object
+    seed1_eval: str              # evaluation of NPO with unlearning seed 1 (the different-seed determinism test)
+
+
+@pytest.fixture(scope="session")
+def sigterm_run(reference_run, tmp_path_factory) -> TermRun:
+    """NPO with unlearning seeds 0 and 1, seeded with the reference's data, models and oracle evaluation. Seed 0's
+    unlearning job gets SIGTERM after step 5 (as SLURM does at a time limit) while seed 1 runs beside it; then the
+    same targets again. Shared by the SIGTERM test and the different-seed determinism test."""
+    cfg = relkit.variant(methods={"npo": relkit.MINI_METHODS["npo"]}, attacks={"enabled": []},
+                         **{"unlearning.seeds": [0, 1]})
+    wd = relkit.seed_workdir(reference_run.workdir, tmp_path_factory.mktemp("rel_sigterm") / "wf", cfg,
+                             extra=["eval/models/retrain/none"])
+    seed1 = relkit.NPO.replace("seed~0", "seed~1")
+    target = f"{relkit.BENCH}/{relkit.NPO}"
+    seed1_eval = f"{relkit.BENCH}/eval/{seed1}/none/default/metrics.json"
+    live = wd / relkit.BENCH / "checkpoints" / relkit.NPO / "train_log.live.jsonl"
+    proc = subprocess.Popen(relkit.snakemake_cmd(target, seed1_eval), cwd=wd, env=relkit.snakemake_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        pids = relkit.wait_for(lambda: relkit.count_lines(live) >= 5 and relkit.ru_pids(wd, "unlearn", target),
+                               timeout=1800, what="unlearning step 5")
+        os.kill(pids[0], signal.SIGTERM)                 # the job's own process, as SLURM signals the job step
+        first, _ = proc.communicate(timeout=1800)
+    finally:
+        relkit.kill_group(proc, signal.SIGKILL)
+    state = wd / relkit.BENCH / "checkpoints" / relkit.NPO / "state" / "meta.json"
+    reached = json.loads(state.read_text())["step"] if state.is_file() else -1
+    survived = (wd / target).exists()
+    job_log = (wd / relkit.BENCH / "logs" / f"{relkit.NPO}.log").read_text()
+    rerun = relkit.run_snakemake(wd, target, seed1_eval, timeout=1800)
+    return TermRun(wd, target, first, proc.returncode, reached, survived, job_log, rerun, seed1_eval)

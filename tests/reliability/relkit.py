@@ -212,14 +212,14 @@ def pids_in(workdir: Path, *argv_has: str) -> list[int]:
         except OSError:
             continue
         args = [a.decode(errors="replace") for a in argv if a]
-        if all(any(a == s or a.endswith("/" + s) for a in args) for s in argv_has):
+        if all(any(a == s or a.endswith("/" + s) for a in args) for s in argv_has):  # argv[i] is s or ends in /s
             out.append(int(d.name))
     return out
 
 
-def ru_pids(workdir: Path, subcommand: str) -> list[int]:
+def ru_pids(workdir: Path, subcommand: str, *argv_has: str) -> list[int]:
     """The Python processes of ``ru <subcommand>`` (not their ``bash -c`` wrappers) running in ``workdir``."""
-    return pids_in(workdir, "ru", subcommand)
+    return pids_in(workdir, "ru", subcommand, *argv_has)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
