@@ -18,7 +18,8 @@ import torch
 from . import losses as L
 from .base import Method
 from .objectives import NPOTerm, RetainTerm, check_npo, check_retain
-from .registry import ConfigBase, ConfigError, choice, num, register_method
+from .registry import ConfigError, choice, num, register_method
+from .sam_npo import SAMNPO
 from .sam import sam_gcd_step
 
 RELEASED = {"npo_form": "logit", "gcd_scope": "per_tensor", "gcd_mode": "always", "probe_pooling": "last",
@@ -40,17 +41,10 @@ def gamma_adv(p: float, gamma_max: float, schedule: str = "exp") -> float:
 class PRISM(Method):
 
     @dataclasses.dataclass
-    class Config(ConfigBase):
-        lr: float = num(1e-5, gt=0)
-        beta: float = num(0.1, gt=0)
-        npo_form: str = choice("sequence", ("sequence", "batch_mean", "logit"))
-        npo_reduction: str = choice("sum", ("sum", "mean"))
-        ref_logprobs: str | None = choice(None, ("cache", "per_step", "per_pass"))
-        rho: float = num(0.01, ge=0)
-        lambda_f: float = num(1.0, ge=0)
-        lambda_r: float = num(1.0, ge=0)
+    class Config(SAMNPO.Config):
+        """SAM+NPO's keys (NPO's + rho, sam_restore; PRISM's retain term is required: gdr or klr), plus the
+        probe-guided term (γ schedule), gradient-conflict decoupling and the probe pooling."""
         retain_loss: str = choice("gdr", ("gdr", "klr"))
-        klr_form: str = choice("standard", ("standard", "muse_raw_logits"))
         gamma_max: float = num(0.05, ge=0)
         gamma_schedule: str = choice("exp", ("exp", "constant", "off"))
         gamma_progress: str = choice("step", ("step", "epoch"))
@@ -58,7 +52,6 @@ class PRISM(Method):
         gcd_mode: str = choice("always", ("always", "conflict_only"))
         gcd_eps: float = num(1e-6, ge=0)
         probe_pooling: str | None = choice(None, ("mean", "last"))   # None: the probe's own pooling (D3)
-        sam_restore: str = choice("copy", ("copy", "subtract"))
         prism_compat: str | None = choice(None, ("released",))
 
         @classmethod
