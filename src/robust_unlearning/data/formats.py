@@ -180,18 +180,21 @@ class Benchmark:
             return self._cached(f"rawtxt:{split}", lambda: self._read_text(rel))
         return "\n\n".join(self.raw(split))
 
+    def _dict_list(self, rel: str, fields: dict) -> list[dict]:
+        """A JSON list of objects with the given string fields (MUSE verbmem / knowmem files)."""
+        data = self._load_json(rel)
+        path = self.path(rel)
+        if not isinstance(data, list):
+            names = ", ".join(fields)
+            raise BenchmarkError(f"{path}: expected a JSON list of {{{names}}}, got {_type_name(data)}")
+        for i, item in enumerate(data):
+            self._check_fields(path, f"item {i}", item, fields)
+        return data
+
     def verbmem(self) -> list[dict]:
         rel = "verbmem/forget.json"
 
-        def load():
-            data = self._load_json(rel)
-            path = self.path(rel)
-            if not isinstance(data, list):
-                raise BenchmarkError(f"{path}: expected a JSON list of {{prompt, gt}}, got {_type_name(data)}")
-            for i, item in enumerate(data):
-                self._check_fields(path, f"item {i}", item, {"prompt": str, "gt": str})
-            return data
-        return self._cached(rel, load)
+        return self._cached(rel, lambda: self._dict_list(rel, {"prompt": str, "gt": str}))
 
     def knowmem(self, name: str) -> list[dict]:
         """``knowmem/<name>.json``; name ∈ forget_qa, forget_qa_icl, retain_qa, retain_qa_icl (retain2_* ok)."""
@@ -199,15 +202,7 @@ class Benchmark:
             raise BenchmarkError(f"unknown knowmem split {name!r}; expected one of {sorted(KNOWMEM_VARIANTS)}")
         rel = self._resolve(tuple(f"knowmem/{n}.json" for n in KNOWMEM_VARIANTS[name]))
 
-        def load():
-            data = self._load_json(rel)
-            path = self.path(rel)
-            if not isinstance(data, list):
-                raise BenchmarkError(f"{path}: expected a JSON list of {{question, answer}}, got {_type_name(data)}")
-            for i, item in enumerate(data):
-                self._check_fields(path, f"item {i}", item, {"question": str, "answer": str})
-            return data
-        return self._cached(rel, load)
+        return self._cached(rel, lambda: self._dict_list(rel, {"question": str, "answer": str}))
 
     def privleak(self, split: str) -> list[str]:
         """``privleak/<split>.json``; split ∈ forget, retain (or retain2), holdout."""
