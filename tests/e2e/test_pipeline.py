@@ -1,50 +1,22 @@
 """The whole DAG on the miniature config, in a temp copy of the workflow: data -> models -> unlearn -> attack ->
-evaluate -> aggregate. Asserts the science from the aggregated CSV, then that a second dry run has nothing to do."""
+evaluate -> aggregate. Asserts the science from the aggregated CSV, then that a second dry run has nothing to do.
+The run itself is the session fixture ``reference_run`` (tests/conftest.py), shared with the reliability and
+SLURM tests."""
 from __future__ import annotations
-
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+import relkit
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def snakemake_env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg")
-    return env
-
-
-def copy_workflow(dest: Path) -> Path:
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy2(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "workflow", dest / "workflow")
-    shutil.copytree(ROOT / "envs", dest / "envs")
-    shutil.copy2(ROOT / "tests" / "e2e" / "mini_config.yaml", dest / "mini_config.yaml")
-    return dest
-
-
-def run_snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--configfile", "mini_config.yaml", *args]
-    return subprocess.run(cmd, cwd=workdir, env=snakemake_env(), capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("e2e"))
-    res = run_snakemake(workdir)
-    if res.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "results").rglob("*.log"))[-5:])
-        pytest.fail(f"snakemake failed:\n{res.stderr[-6000:]}\n{logs}")
-    df = pd.read_csv(workdir / "results" / "synthetic" / "tables" / "metrics.csv")
-    return workdir, df
+def pipeline_run(reference_run):
+    """The session's one run of the miniature config (tests/conftest.py; networking blocked while it ran)."""
+    df = pd.read_csv(reference_run.workdir / "results" / "synthetic" / "tables" / "metrics.csv")
+    return reference_run.workdir, df
 
 
 def value(df, method, metric, attack="none", attack_params="default", params=None):
@@ -95,6 +67,6 @@ def test_summary_and_second_dry_run_has_nothing_to_do(pipeline_run):
     workdir, _ = pipeline_run
     summary = (workdir / "results" / "synthetic" / "tables" / "summary.md").read_text()
     assert "npo" in summary.lower() and "retrain" in summary.lower()
-    res = run_snakemake(workdir, "-n")
+    res = relkit.run_snakemake(workdir, "-n")
     assert res.returncode == 0, res.stderr
     assert "Nothing to be done" in res.stdout + res.stderr, (res.stdout + res.stderr)[-3000:]

@@ -1,5 +1,6 @@
-"""Session fixture of the reliability suite: ONE uninterrupted run of the miniature config, shared by the
-determinism, network, planted-key, SIGKILL and SIGTERM tests (see relkit.py for why runs are shared)."""
+"""Session fixtures of the reliability suite: the SIGKILL and SIGTERM runs. The uninterrupted run of the miniature
+config they are compared with, ``reference_run``, lives in tests/conftest.py (shared with the e2e and SLURM tests;
+see tests/relkit.py for why runs are shared)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,46 +16,6 @@ from pathlib import Path
 import pytest
 
 import relkit
-
-
-@dataclasses.dataclass
-class Run:
-    workdir: Path
-    stdout: str
-    stderr: str
-    seconds: float
-    net_log: Path
-    netns: bool           # the run had its own network namespace (unshare -rn), not only the Python guard
-
-
-@pytest.fixture(scope="session")
-def reference_run(tmp_path_factory) -> Run:
-    """The miniature config from scratch, networking blocked for every process (private network namespace when
-    the kernel allows it, and a sitecustomize guard that refuses and records any connection), a fake API key
-    planted in the environment. RU_RELIABILITY_REFERENCE=<dir> keeps it in <dir> and reuses it next time (for
-    work on the suite itself; the Makefile never sets it)."""
-    keep = os.environ.get("RU_RELIABILITY_REFERENCE")  # developing the suite: keep this run between sessions
-    top = Path(keep) if keep else tmp_path_factory.mktemp("rel_reference")
-    done = top / "reference.json"
-    if keep and done.is_file():
-        info = json.loads(done.read_text())
-        return Run(top / "wf", (top / "reference.out").read_text(), (top / "reference.err").read_text(),
-                   info["seconds"], top / "netguard.log", info["netns"])
-    shutil.rmtree(top / "wf", ignore_errors=True)
-    workdir = relkit.copy_workflow(top / "wf")
-    guard_env, net_log = relkit.net_guard(top)
-    prefix = relkit.unshare_prefix()
-    env = relkit.snakemake_env({**guard_env, "OPENAI_API_KEY": relkit.PLANTED_KEY, "HF_TOKEN": relkit.PLANTED_KEY,
-                                "RU_JUDGE_API_KEY": relkit.PLANTED_KEY})
-    t0 = time.monotonic()
-    res = relkit.run_snakemake(workdir, env=env, prefix=prefix, timeout=3600)
-    seconds = time.monotonic() - t0
-    if res.returncode != 0:
-        pytest.fail("reference run of the miniature config failed:\n" + relkit.explain(res, workdir))
-    (top / "reference.out").write_text(res.stdout)
-    (top / "reference.err").write_text(res.stderr)
-    done.write_text(json.dumps({"seconds": seconds, "netns": bool(prefix)}))
-    return Run(workdir, res.stdout, res.stderr, seconds, net_log, bool(prefix))
 
 
 @dataclasses.dataclass

@@ -292,6 +292,78 @@ def test_explicitly_allowed_pickle_and_remote_code_are_accepted(tmp_path, tiny_t
     assert torch.equal(model.model.embed_tokens.weight, micro_model.model.embed_tokens.weight)
 
 
+def test_allow_pickle_is_honoured_once_at_cache_time(tmp_path, tiny_tokenizer, micro_model):
+    """cache_base_model with allow_pickle: true reads the pickle once and writes safetensors, so every later job
+    (which never passes allow_pickle) loads the cached model and still refuses pickles elsewhere."""
+    from robust_unlearning.models.cache import copy_local
+
+    src = tmp_path / "binonly"
+    micro_model.config.save_pretrained(src)
+    tiny_tokenizer.save_pretrained(src)
+    torch.save(micro_model.state_dict(), src / "pytorch_model.bin")
+    cfg = {"source": "local", "name_or_path": str(src), "allow_pickle": True, "trust_remote_code": False}
+    copy_local(cfg, tmp_path / "cached")
+    assert not list((tmp_path / "cached").glob("*.bin")) and list((tmp_path / "cached").glob("*.safetensors"))
+    model = load_model(tmp_path / "cached")                              # a later job: no allow_pickle
+    for (name, a), b in zip(model.state_dict().items(), micro_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ModelLoadError, match="allow_pickle"):
+        copy_local({**cfg, "allow_pickle": False}, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
+BENIGN_REMOTE_CODE = """from transformers import LlamaForCausalLM
+
+
+class RemoteLlamaForCausalLM(LlamaForCausalLM):
+    pass
+"""
+
+
+def test_trust_remote_code_is_a_process_policy_set_by_the_cli(tmp_path, tiny_tokenizer, micro_model):
+    """`ru --trust-remote-code <command>` (what the rules run when model.trust_remote_code: true) lets every loader
+    of that job run the model's own code; without it the same folder is refused."""
+    from robust_unlearning.cli.main import build_parser
+    from robust_unlearning.models import io
+
+    d = save_model(micro_model, tiny_tokenizer, tmp_path / "remote")
+    (d / "weights_manifest.json").unlink()
+    (d / "modeling_remote.py").write_text(BENIGN_REMOTE_CODE)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_remote.RemoteLlamaForCausalLM"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="trust_remote_code"):
+        load_model(d)
+    args = build_parser().parse_args(["--trust-remote-code", "landscape", "--data", "x", "--model-dir", str(d),
+                                      "--out", "y"])
+    assert args.trust_remote_code and not build_parser().parse_args(["landscape", "--data", "x", "--model-dir",
+                                                                      str(d), "--out", "y"]).trust_remote_code
+    try:
+        io.set_trust_remote_code(True)
+        model = load_model(d)
+        assert type(model).__name__ == "RemoteLlamaForCausalLM"
+        assert torch.equal(model.model.embed_tokens.weight, micro_model.model.embed_tokens.weight)
+        with pytest.raises(ModelLoadError, match="trust_remote_code"):
+            load_model(d, trust_remote_code=False)                      # an explicit False still wins
+    finally:
+        io.set_trust_remote_code(False)
+
+
+@pytest.mark.parametrize("trust", [True, False])
+def test_rules_pass_trust_remote_code_to_every_model_job(tmp_path, trust):
+    """The plan of `snakemake -n -p`: with model.trust_remote_code every `ru` job that loads a model gets the
+    flag, without it none does."""
+    cfg = _set(relkit.mini_config(), "model.trust_remote_code", trust)
+    wd = relkit.copy_workflow(tmp_path / "wf", cfg)
+    res = relkit.run_snakemake(wd, "-n", "-p", "--forceall", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    commands = [m.group(1) for ln in res.stdout.splitlines()
+                if (m := re.match(r"\s*(?:Shell command: )?(ru( --trust-remote-code)? [a-z-]+ .*)", ln))]
+    loaders = [c for c in commands if not re.match(r"ru (prepare-data|aggregate) ", c)]
+    assert len(loaders) >= 10, res.stdout[-3000:]
+    assert all(("--trust-remote-code" in c) == trust for c in loaders), loaders
+
+
 # ------------------------------------------------------------------------------------------------ front doors
 def test_cli_validate_config_names_the_key(tmp_path):
     cfg = _set(relkit.mini_config(), "unlearning.methods.npo.beta", [0.0])

@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import signal
@@ -173,6 +174,22 @@ def test_truncated_metrics_json_is_reported_with_its_path_and_marked_failed(tmp_
     assert set(rows["status"]) == {"failed"} and rows["value"].isna().all()
     assert str(bad) in caplog.text
     assert df[df["model_id"] == "models/base"]["value"].tolist()[0] == 0.75
+
+
+def test_corrupted_but_parseable_metrics_json_is_caught_by_its_checksum(tmp_path, caplog):
+    """A changed digit still parses as JSON; the sha256 written with the file catches it."""
+    bench = tmp_path / "synthetic"
+    good = {"model": "models/base", "benchmark": "synthetic", "attack": "none", "attack_params": "default",
+            "metrics": {"forget_mcq_acc": 0.75}, "n_items": {}, "judge": None, "status": "ok"}
+    path = bench / "eval" / "models/base/none/default/metrics.json"
+    atomic_write_json(path, good, checksum=True)
+    assert read_json(path)["metrics"] == {"forget_mcq_acc": 0.75}             # verified on every read
+    path.write_text(path.read_text().replace("0.75", "0.95"))
+    with pytest.raises(DataFormatError, match=re.escape(str(path)) + ".*content_sha256"):
+        read_json(path)
+    with caplog.at_level(logging.WARNING):
+        df = collect_results(bench, "synthetic", expected=[["models/base", "none", "default"]])
+    assert set(df["status"]) == {"failed"} and df["value"].isna().all() and str(path) in caplog.text
 
 
 # ------------------------------------------------------------------------------------------------ atomic writes

@@ -3,7 +3,8 @@
 What this shows, and why each part matters:
 1. ``sbatch --wait`` works on the test cluster (the cluster itself, independent of the pipeline).
 2. The miniature config (``tests/e2e/mini_config.yaml``) runs through ``snakemake --executor slurm`` with the
-   test workflow profile and gives the same ``metrics.csv`` values as a local run of the same config:
+   test workflow profile and gives the same ``metrics.csv`` values as a local run of the same config (the
+   session's ``reference_run`` of tests/conftest.py):
    job submission, ``--export=ALL`` environment passing and status polling do not change any result.
 3. Preemption: one running unlearning job is sent SIGTERM with ``scancel --signal=TERM`` (what SLURM does on
    preemption / time limit); the job saves a checkpoint under ``results/<bench>/checkpoints/...`` (outside the
@@ -227,7 +228,7 @@ def test_profile_dry_run(tmp_path):
 
 
 @pytest.mark.timeout(7200)
-def test_pipeline_on_slurm_matches_local_and_resumes(slurm_cluster, tmp_path, own_jobs):
+def test_pipeline_on_slurm_matches_local_and_resumes(slurm_cluster, reference_run, tmp_path, own_jobs):
     runs = _unlearn_runs()
     comments = {f"rule_unlearn_wildcards_{r.method}_{r.params}_{r.seed}": r for r in runs}
     wd = _workflow_copy(tmp_path / "slurm")
@@ -284,13 +285,9 @@ def test_pipeline_on_slurm_matches_local_and_resumes(slurm_cluster, tmp_path, ow
     assert run_json["steps"] == run_json["total_steps"] and run_json["status"] == "ok"
     assert not list(ckpt.rglob("state.pt")), "the checkpoint should be removed after a completed run"
 
-    # ---- the same config locally -------------------------------------------------------------------------
-    local = _workflow_copy(tmp_path / "local")
-    _run(["snakemake", "--cores", "2", "--workflow-profile", "workflow/profiles/default", "--configfile",
-          MINI_CONFIG], cwd=local, timeout=3000)
-
+    # ---- the same config locally: the session's reference run (tests/conftest.py) ----------------------------
     got = _read_metrics(wd / "results/synthetic/tables/metrics.csv")
-    want = _read_metrics(local / "results/synthetic/tables/metrics.csv")
+    want = _read_metrics(reference_run.workdir / "results/synthetic/tables/metrics.csv")
     assert set(got) == set(want), f"rows differ: only SLURM {sorted(set(got) - set(want))[:10]}, " \
                                   f"only local {sorted(set(want) - set(got))[:10]}"
     diff = [(k, got[k], want[k]) for k in sorted(got)

@@ -26,7 +26,7 @@ rule attack_model:
         runtime=120,
         gpu=1,
     shell:
-        "ru attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
+        "{RU} attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
         " --model-dir {params.model:q} --seed {params.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -51,5 +51,5 @@ rule attack_shared:
         mem_mb=2000,
         runtime=30,
     shell:
-        "ru attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
+        "{RU} attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
         " --model-dir {input.base:q} --out {output:q} --threads {threads} > {log:q} 2>&1"

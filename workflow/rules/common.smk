@@ -17,6 +17,9 @@ except ValueError as exc:  # ConfigValidationError: message names the key
 RESULTS = config["results_dir"]
 BENCH = config["benchmark"]["name"]
 B = f"{RESULTS}/{BENCH}"
+# the `ru` command of every rule that loads a model: a model that ships its own code (auto_map) is refused in
+# every job unless the config says model.trust_remote_code: true
+RU = "ru --trust-remote-code" if config["model"].get("trust_remote_code") else "ru"
 RUNS = unlearn_runs(config)
 RUN_BY_ID = {r.model_id: r for r in RUNS}
 ATTACKS = attack_settings(config)

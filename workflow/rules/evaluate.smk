@@ -27,7 +27,7 @@ rule evaluate:
         runtime=60,
         gpu=1,
     shell:
-        "ru evaluate --benchmark-name {params.bench:q} --evaluation {params.evaluation:q} --judges {params.judges:q}"
+        "{RU} evaluate --benchmark-name {params.bench:q} --evaluation {params.evaluation:q} --judges {params.judges:q}"
         " --data {input.data:q} --model-id {wildcards.model_id:q} --model-dir {params.model:q}"
         " --attack {wildcards.attack:q} --attack-params {wildcards.aparams:q} {params.options}"
         " --seed {params.seed} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
@@ -54,6 +54,6 @@ rule loss_landscape:
         mem_mb=4000,
         runtime=30,
     shell:
-        "ru landscape --data {input.data:q} --model-dir {params.model:q} --points {params.points}"
+        "{RU} landscape --data {input.data:q} --model-dir {params.model:q} --points {params.points}"
         " --label {params.label:q}"
         " --out {output:q} --threads {threads} > {log:q} 2>&1"

@@ -20,7 +20,7 @@ rule cache_pretrained_model:
         mem_mb=8000,
         runtime=60,
     shell:
-        "ru cache-model --model {params.model:q} --data {input.data:q} --role pretrained --out {output:q}"
+        "{RU} cache-model --model {params.model:q} --data {input.data:q} --role pretrained --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"
 
 
@@ -43,7 +43,7 @@ rule cache_base_model:
         mem_mb=8000,
         runtime=120,
     shell:
-        "ru cache-model --model {params.model:q} --data {input.data:q} --role base --out {output:q}"
+        "{RU} cache-model --model {params.model:q} --data {input.data:q} --role base --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"
 
 
@@ -67,7 +67,7 @@ rule train_retrain_oracle:
         mem_mb=8000,
         runtime=120,
     shell:
-        "ru cache-model --model {params.model:q} --data {input.data:q} --role retrain --base-dir {input.base:q}"
+        "{RU} cache-model --model {params.model:q} --data {input.data:q} --role retrain --base-dir {input.base:q}"
         " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -93,6 +93,6 @@ rule train_probe:
         runtime=60,
         gpu=1,
     shell:
-        "ru train-probe --probe {params.probe:q} --train {params.train:q} --benchmark {params.benchmark:q}"
+        "{RU} train-probe --probe {params.probe:q} --train {params.train:q} --benchmark {params.benchmark:q}"
         " --data {input.data:q} --model-dir {input.base:q} --seed {wildcards.seed} --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"

@@ -25,7 +25,7 @@ rule unlearn:
         runtime=240,
         gpu=1,
     shell:
-        "ru unlearn --method {wildcards.method:q} --settings {params.settings:q} --train {params.train:q}"
+        "{RU} unlearn --method {wildcards.method:q} --settings {params.settings:q} --train {params.train:q}"
         " --benchmark {params.benchmark:q} --data {input.data:q} --model-dir {input.base:q} {params.probe}"
         " --seed {wildcards.seed} --out {output:q} --checkpoint-dir {params.checkpoint:q}"
         " --threads {threads} > {log:q} 2>&1"

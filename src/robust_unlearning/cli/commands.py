@@ -150,7 +150,7 @@ def cmd_evaluate(args) -> int:
     record["provenance"] = provenance({"evaluation": args.evaluation, "attack_settings": args.attack_settings},
                                       args.seed, device=args.device)
     atomic_write_jsonl(out / "items.jsonl", items)
-    atomic_write_json(out / "metrics.json", record)
+    atomic_write_json(out / "metrics.json", record, checksum=True)
     _log(f"{args.model_id} [{args.attack} {args.attack_params}] {status}: "
          + ", ".join(f"{k}={v:.4g}" for k, v in sorted(record["metrics"].items())))
     return 0

@@ -21,6 +21,9 @@ def _json_arg(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ru", description=__doc__)
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let models and tokenizers run their own code (config model.trust_remote_code: true); "
+                        "refused otherwise")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("validate-config", help="validate a config file against the schema and the registries")
@@ -119,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     from . import commands
 
     handler = getattr(commands, "cmd_" + args.command.replace("-", "_"))
+    if args.trust_remote_code:
+        from ..models.io import set_trust_remote_code
+
+        set_trust_remote_code(True)
     try:
         faults.maybe_fail(args.command, getattr(args, "out", None) or getattr(args, "tables_dir", None))
         return int(handler(args) or 0)

@@ -60,7 +60,7 @@ def run_unlearning(model, tokenizer, method: str, params: dict, train_cfg: dict,
                     "forget_sha256": trainer.fingerprint["forget_sha256"],
                     "retain_sha256": trainer.fingerprint["retain_sha256"]},
            "provenance": provenance(config, seed, precision=res["cost"]["dtype"])}
-    atomic_write_json(out_dir / "run.json", run)
+    atomic_write_json(out_dir / "run.json", run, checksum=True)
     trainer.clear_checkpoint()
     if tcfg.save_steps and not tcfg.keep_checkpoint and snap_root.parent != out_dir:
         shutil.rmtree(snap_root, ignore_errors=True)

@@ -98,6 +98,7 @@ def copy_local(model_cfg: dict, out: Path) -> dict:
         for f in src.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+        convert_pickle_weights(model_cfg, tmp)
         finish_tokenizer(model_cfg, tmp)
     return {"source": "local", "path": str(src)}
 
@@ -116,8 +117,27 @@ def snapshot_hub(model_cfg: dict, out: Path) -> dict:
         snapshot_download(repo_id=model_cfg["name_or_path"], revision=model_cfg.get("revision"), local_dir=tmp,
                           allow_patterns=patterns)
         check_model_dir(tmp, allow_pickle=model_cfg.get("allow_pickle", False))
+        convert_pickle_weights(model_cfg, tmp)
         finish_tokenizer(model_cfg, tmp)
     return {"source": "hub", "repo_id": model_cfg["name_or_path"], "revision": model_cfg.get("revision")}
+
+
+def convert_pickle_weights(model_cfg: dict, model_dir: Path) -> None:
+    """``allow_pickle: true``: read pickle-only weights once, here (transformers unpickles with
+    ``weights_only=True``), and rewrite them as safetensors, so that every later job loads safetensors and keeps
+    refusing pickles. A folder that already has safetensors is left alone (its pickles are never read)."""
+    from .io import WEIGHTS_MANIFEST, load_model
+
+    pickles = sorted(p for pat in ("*.bin", "*.pt", "*.pth") for p in model_dir.glob(pat))
+    if not pickles or list(model_dir.glob("*.safetensors")):
+        return
+    model = load_model(model_dir, dtype=model_cfg.get("dtype", "float32"), allow_pickle=True,
+                       trust_remote_code=model_cfg.get("trust_remote_code", False))
+    model.save_pretrained(model_dir, safe_serialization=True)
+    for p in pickles + list(model_dir.glob("*.bin.index.json")):
+        p.unlink()
+    (model_dir / WEIGHTS_MANIFEST).unlink(missing_ok=True)   # it listed the pickles
+    print(f"allow_pickle: converted {', '.join(p.name for p in pickles)} to safetensors", flush=True)
 
 
 def finish_tokenizer(model_cfg: dict, model_dir: Path) -> None:

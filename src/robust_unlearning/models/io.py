@@ -25,6 +25,21 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "float16": torch.float16, "fp16": torch.float16}
 
 
+# Whether this process may run a model's own Python code (config.json ``auto_map``). One `ru` job loads models
+# for one config, so the CLI sets it once from ``--trust-remote-code`` (the rules pass it when the config says
+# ``model.trust_remote_code: true``); every loader that is not told otherwise follows it. Off by default.
+_TRUST_REMOTE_CODE = False
+
+
+def set_trust_remote_code(value: bool) -> None:
+    global _TRUST_REMOTE_CODE
+    _TRUST_REMOTE_CODE = bool(value)
+
+
+def _trust(value: bool | None) -> bool:
+    return _TRUST_REMOTE_CODE if value is None else bool(value)
+
+
 def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype:
     if name is None:
         return torch.float32
@@ -65,8 +80,9 @@ def check_model_dir(path: str | os.PathLike, allow_pickle: bool = False, verify_
     return path
 
 
-def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool | None = None) -> PreTrainedTokenizerBase:
     path = Path(path)
+    trust_remote_code = _trust(trust_remote_code)
     if not path.is_dir():
         raise ModelLoadError(f"{path}: tokenizer directory not found")
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
@@ -77,8 +93,9 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> 
 
 
 def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = "float32", device: str | torch.device = "cpu",
-               allow_pickle: bool = False, trust_remote_code: bool = False) -> PreTrainedModel:
+               allow_pickle: bool = False, trust_remote_code: bool | None = None) -> PreTrainedModel:
     path = check_model_dir(path, allow_pickle=allow_pickle)
+    trust_remote_code = _trust(trust_remote_code)
     cfg = read_json(path / "config.json")
     if cfg.get("auto_map") and not trust_remote_code:
         raise ModelLoadError(f"{path}: config.json asks for remote code (auto_map); refusing unless "
@@ -90,7 +107,7 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = "float
 
 
 def load_model_and_tokenizer(path, dtype="float32", device="cpu", **kw):
-    return load_model(path, dtype=dtype, device=device, **kw), load_tokenizer(path, kw.get("trust_remote_code", False))
+    return load_model(path, dtype=dtype, device=device, **kw), load_tokenizer(path, kw.get("trust_remote_code"))
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, path: str | os.PathLike,

@@ -254,8 +254,19 @@ def _varying_keys(params_list: list[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- summary
+#: The clean tables of summary.md, one per question, each a handful of columns; every other metric (scoring and
+#: ROUGE variants, AUCs, Unlearn Score components, throughput) is in metrics.csv and the paper tables.
+SUMMARY_GROUPS = [
+    ("Clean models: forgetting and utility",
+     ["forget_verbmem", "forget_knowmem", "retain_knowmem", "forget_mcq_acc", "retain_mcq_acc", "holdout_mcq_acc",
+      "general_mcq_acc", "general_ppl"]),
+    ("Clean models: privacy, Unlearn Score and cost",
+     ["privleak", "unlearn_score", "repr_margin", "over_refusal", "s_per_step", "peak_mem_mb"]),
+]
+
+
 def summary_markdown(df: pd.DataFrame, benchmark: str | None = None) -> str:
-    """Method × metric (clean), then each forget metric under every attack next to its clean value."""
+    """Clean models (grouped, narrow tables), then each forget metric under every attack next to its clean value."""
     cells = Cells(df)
     bench = benchmark or (df["benchmark"].iat[0] if not df.empty else "?")
     out = [f"# Results summary: {bench}", ""]
@@ -266,11 +277,18 @@ def summary_markdown(df: pd.DataFrame, benchmark: str | None = None) -> str:
             "Cells: mean ± std over seeds where there are several; `–` not run.", ""]
     configs = config_order(cells.df)
     clean = cells.metrics([NONE_ATTACK])
-    if clean:
-        rows = [_label(m, p, cells) + [cells.text(m, p, NONE_ATTACK, DEFAULT_PARAMS, x) for x in clean]
-                for m, p in configs]
-        out.append(Table("summary_clean", "Clean models", ["Method", "Params", "Seeds"] +
-                         [_mlabel(x) for x in clean], rows).markdown())
+    for i, (title, names) in enumerate(SUMMARY_GROUPS):
+        cols = [m for m in names if m in clean]
+        if cols:
+            rows = [_label(m, p, cells) + [cells.text(m, p, NONE_ATTACK, DEFAULT_PARAMS, x) for x in cols]
+                    for m, p in configs]
+            out.append(Table(f"summary_clean_{i}", title, ["Method", "Params", "Seeds"] +
+                             [_mlabel(x) for x in cols], rows).markdown())
+    shown = {m for _, names in SUMMARY_GROUPS for m in names}
+    others = [m for m in clean if m not in shown]
+    if others:
+        out += ["Also measured on the clean models (in `metrics.csv`; the paper tables in `paper/`): "
+                + ", ".join(f"`{m}`" for m in others) + ".", ""]
     attacks = sorted({a for a in cells.df["attack"] if a != NONE_ATTACK}, key=attack_key)
     columns = [(a, s) for a in attacks for s in settings_order(cells.df, a)]
     for metric in forget_metrics(cells, attacks):

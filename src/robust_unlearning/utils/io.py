@@ -87,7 +87,20 @@ def dumps_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=1) + "\n"
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+# Results that later jobs trust (metrics.json, run.json) carry the sha256 of their own canonical JSON under this
+# key, written with the file; read_json verifies it, so a file damaged after the write (bad disk, a stray edit,
+# a partial copy that still parses) is reported with its path instead of being aggregated as valid.
+CHECKSUM_KEY = "content_sha256"
+
+
+def _content_sha256(obj: dict) -> str:
+    return sha256_text(dumps_json({k: v for k, v in obj.items() if k != CHECKSUM_KEY}))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, checksum: bool = False) -> None:
+    """Canonical JSON, atomically; ``checksum=True`` (a dict) adds ``content_sha256`` of the rest."""
+    if checksum:
+        obj = {**{k: v for k, v in obj.items() if k != CHECKSUM_KEY}, CHECKSUM_KEY: _content_sha256(obj)}
     atomic_write_text(path, dumps_json(obj))
 
 
@@ -109,9 +122,13 @@ def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     text = _read_text(path)
     try:
-        return json.loads(text)
+        obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    if isinstance(obj, dict) and CHECKSUM_KEY in obj and obj[CHECKSUM_KEY] != _content_sha256(obj):
+        raise DataFormatError(f"{path}: content does not match its recorded {CHECKSUM_KEY} (corrupted after "
+                              "it was written); delete it and rerun the job that writes it")
+    return obj
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Any]:

@@ -24,7 +24,7 @@ from typing import Iterable
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MINI = ROOT / "tests" / "e2e" / "mini_config.yaml"
 BENCH = "results/synthetic"
@@ -154,7 +154,7 @@ def snakemake_env(extra: dict | None = None) -> dict:
 
 def snakemake_cmd(*args: str, cores: int = 2, configfile: str = "run.yaml") -> list[str]:
     """``args`` first: --configfile (like --config) takes several values, it would swallow a target after it."""
-    return [str(BIN / "snakemake"), *args, "--cores", str(cores), "--configfile", configfile]
+    return [str(BIN / "snakemake"), *args, "--cores", str(cores), "--scheduler", "greedy", "--configfile", configfile]
 
 
 def run_snakemake(workdir: Path, *args: str, env: dict | None = None, prefix: list[str] | None = None,
