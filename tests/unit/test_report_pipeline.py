@@ -18,7 +18,7 @@ import pytest
 from robust_unlearning.report.collect import collect_results
 from robust_unlearning.report.common import KEY, parse_params
 from robust_unlearning.report.figures import write_figures
-from robust_unlearning.report.tables import write_tables
+from robust_unlearning.report.tables import summary_markdown, write_tables
 
 BENCH = "synthetic"
 NPO = "unlearn/npo/beta~0.1_retain-loss~gdr"
@@ -257,6 +257,17 @@ def test_tables_written_with_expected_rows(tree, tmp_path):
         assert _md_rows(tmp_path / f"{stem}.md") == n, stem
         assert _tex_rows(tmp_path / f"{stem}.tex") == n, stem
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_summary_tables_stay_narrow(tree, tmp_path):
+    """summary.md is read in a terminal or on GitHub: every table has at most 3 label columns + 8 values; the
+    metrics left out are named below the clean tables (they stay in metrics.csv)."""
+    _, _, df = tree
+    extra = df[df["metric"] == "forget_mcq_acc"].assign(metric="forget_mcq_acc_cloze_sum")
+    summary = summary_markdown(pd.concat([df, extra], ignore_index=True))
+    widths = [ln.count("|") - 1 for ln in summary.splitlines() if ln.startswith("|")]
+    assert widths and max(widths) <= 11, max(widths)
+    assert "`forget_mcq_acc_cloze_sum`" in summary and "metrics.csv" in summary
 
 
 def test_mean_std_over_seeds_and_labels(tree, tmp_path):

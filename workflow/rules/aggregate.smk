@@ -28,14 +28,14 @@ rule aggregate:
             directory(f"{B}/tables/paper"),
             patterns=["{name}.md"],
             caption="../report/tables.rst",
-            category="6. Aggregate",
+            category=report_category,
             subcategory="Paper tables",
         ),
         figures=report(
             directory(f"{B}/figures"),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
-            category="6. Aggregate",
+            category=report_category,
             subcategory="Figures",
         ),
     params:

@@ -11,6 +11,7 @@ rule attack_model:
     wildcard_constraints:
         attack=r"relearn|quantize|weight_noise|gcg|jailbreak_templates",
     params:
+        ru=RU,
         settings=lambda wc: as_json(ATTACK_BY_KEY[(wc.attack, wc.aparams)].settings),
         model=lambda wc: model_dir(wc.model_id),
         seed=lambda wc: attack_seed(wc.model_id),
@@ -26,7 +27,7 @@ rule attack_model:
         runtime=120,
         gpu=1,
     shell:
-        "{RU} attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
+        "{params.ru} attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
         " --model-dir {params.model:q} --seed {params.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -39,6 +40,7 @@ rule attack_shared:
     wildcard_constraints:
         attack=r"prefill|multi_turn|latent|direction",
     params:
+        ru=RU,
         settings=lambda wc: as_json(ATTACK_BY_KEY[(wc.attack, wc.aparams)].settings),
     log:
         f"{B}/logs/attack/{{attack}}/{{aparams}}/shared.log",
@@ -51,5 +53,5 @@ rule attack_shared:
         mem_mb=2000,
         runtime=30,
     shell:
-        "{RU} attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
+        "{params.ru} attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
         " --model-dir {input.base:q} --out {output:q} --threads {threads} > {log:q} 2>&1"

@@ -17,7 +17,7 @@ except ValueError as exc:  # ConfigValidationError: message names the key
 RESULTS = config["results_dir"]
 BENCH = config["benchmark"]["name"]
 B = f"{RESULTS}/{BENCH}"
-# the `ru` command of every rule that loads a model: a model that ships its own code (auto_map) is refused in
+# the `ru` command of every job that loads a model: a model that ships its own code (auto_map) is refused in
 # every job unless the config says model.trust_remote_code: true
 RU = "ru --trust-remote-code" if config["model"].get("trust_remote_code") else "ru"
 RUNS = unlearn_runs(config)
@@ -178,3 +178,21 @@ def pretrained_inputs(wildcards):
     """model.finetune: the base model and the oracle are fine-tuned from models/pretrained (`ru cache-model`
     finds it as the sibling folder of its --out, so the rules' shell commands stay unchanged)."""
     return {"pretrained": f"{B}/models/pretrained"} if has_pretrained(config) else {}
+
+
+# --------------------------------------------------------------------------------------------- report
+# The report groups the aggregate's tables and figures by the pipeline stage whose question they answer.
+REPORT_STAGE = {"loss_landscape": "3. Unlearning", "prism_ablation": "3. Unlearning",
+                "relearning": "4. Attacks", "relearning_curves": "4. Attacks", "prompt_attacks": "4. Attacks",
+                "whitebox": "4. Attacks", "attack_heatmap": "4. Attacks",
+                "main": "5. Evaluation", "tradeoff": "5. Evaluation"}
+
+
+def report_category(wildcards):
+    """Report category of one table / figure of the aggregate (``{name}`` of its report pattern)."""
+    name = wildcards.name
+    for stem, stage in REPORT_STAGE.items():
+        if name == stem or name.startswith(stem + "_"):
+            return stage
+    return "6. Aggregate"
+

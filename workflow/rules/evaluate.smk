@@ -8,6 +8,7 @@ rule evaluate:
         metrics=f"{B}/eval/{{model_id}}/{{attack}}/{{aparams}}/metrics.json",
         records=f"{B}/eval/{{model_id}}/{{attack}}/{{aparams}}/items.jsonl",
     params:
+        ru=RU,
         bench=BENCH,
         evaluation=as_json(config["evaluation"]),
         judges=as_json(config["judges"]),
@@ -27,7 +28,7 @@ rule evaluate:
         runtime=60,
         gpu=1,
     shell:
-        "{RU} evaluate --benchmark-name {params.bench:q} --evaluation {params.evaluation:q} --judges {params.judges:q}"
+        "{params.ru} evaluate --benchmark-name {params.bench:q} --evaluation {params.evaluation:q} --judges {params.judges:q}"
         " --data {input.data:q} --model-id {wildcards.model_id:q} --model-dir {params.model:q}"
         " --attack {wildcards.attack:q} --attack-params {wildcards.aparams:q} {params.options}"
         " --seed {params.seed} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
@@ -40,6 +41,7 @@ rule loss_landscape:
     output:
         f"{B}/landscape/{{model_id}}/landscape.json",
     params:
+        ru=RU,
         model=lambda wc: model_dir(wc.model_id),
         points=config["report"]["landscape_points"],
         label=landscape_label,
@@ -54,6 +56,6 @@ rule loss_landscape:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{RU} landscape --data {input.data:q} --model-dir {params.model:q} --points {params.points}"
+        "{params.ru} landscape --data {input.data:q} --model-dir {params.model:q} --points {params.points}"
         " --label {params.label:q}"
         " --out {output:q} --threads {threads} > {log:q} 2>&1"

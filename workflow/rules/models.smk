@@ -7,6 +7,7 @@ rule cache_pretrained_model:
     output:
         directory(f"{B}/models/pretrained"),
     params:
+        ru=RU,
         # without the fine-tune recipe: changing it must not re-fetch / re-convert the pretrained model
         model=as_json({k: v for k, v in config["model"].items() if k not in ("finetune", "train")}),
     log:
@@ -20,7 +21,7 @@ rule cache_pretrained_model:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{RU} cache-model --model {params.model:q} --data {input.data:q} --role pretrained --out {output:q}"
+        "{params.ru} cache-model --model {params.model:q} --data {input.data:q} --role pretrained --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"
 
 
@@ -31,6 +32,7 @@ rule cache_base_model:
     output:
         directory(f"{B}/models/base"),
     params:
+        ru=RU,
         model=as_json(config["model"]),
     log:
         f"{B}/logs/cache_base_model.log",
@@ -43,7 +45,7 @@ rule cache_base_model:
         mem_mb=8000,
         runtime=120,
     shell:
-        "{RU} cache-model --model {params.model:q} --data {input.data:q} --role base --out {output:q}"
+        "{params.ru} cache-model --model {params.model:q} --data {input.data:q} --role base --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"
 
 
@@ -55,6 +57,7 @@ rule train_retrain_oracle:
     output:
         directory(f"{B}/models/retrain"),
     params:
+        ru=RU,
         model=as_json(config["model"]),
     log:
         f"{B}/logs/train_retrain_oracle.log",
@@ -67,7 +70,7 @@ rule train_retrain_oracle:
         mem_mb=8000,
         runtime=120,
     shell:
-        "{RU} cache-model --model {params.model:q} --data {input.data:q} --role retrain --base-dir {input.base:q}"
+        "{params.ru} cache-model --model {params.model:q} --data {input.data:q} --role retrain --base-dir {input.base:q}"
         " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -78,6 +81,7 @@ rule train_probe:
     output:
         directory(f"{B}/probe/seed~{{seed}}"),
     params:
+        ru=RU,
         probe=as_json(config["probe"]),
         train=as_json(config["unlearning"]["train"]),
         benchmark=as_json(config["benchmark"]),
@@ -93,6 +97,6 @@ rule train_probe:
         runtime=60,
         gpu=1,
     shell:
-        "{RU} train-probe --probe {params.probe:q} --train {params.train:q} --benchmark {params.benchmark:q}"
+        "{params.ru} train-probe --probe {params.probe:q} --train {params.train:q} --benchmark {params.benchmark:q}"
         " --data {input.data:q} --model-dir {input.base:q} --seed {wildcards.seed} --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"

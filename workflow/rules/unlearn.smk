@@ -8,6 +8,7 @@ rule unlearn:
     output:
         directory(f"{B}/unlearn/{{method}}/{{params}}/seed~{{seed}}"),
     params:
+        ru=RU,
         settings=unlearn_settings,
         train=as_json(config["unlearning"]["train"]),
         benchmark=as_json(config["benchmark"]),
@@ -25,7 +26,7 @@ rule unlearn:
         runtime=240,
         gpu=1,
     shell:
-        "{RU} unlearn --method {wildcards.method:q} --settings {params.settings:q} --train {params.train:q}"
+        "{params.ru} unlearn --method {wildcards.method:q} --settings {params.settings:q} --train {params.train:q}"
         " --benchmark {params.benchmark:q} --data {input.data:q} --model-dir {input.base:q} {params.probe}"
         " --seed {wildcards.seed} --out {output:q} --checkpoint-dir {params.checkpoint:q}"
         " --threads {threads} > {log:q} 2>&1"

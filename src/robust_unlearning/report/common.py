@@ -45,7 +45,7 @@ METRIC_LABELS = {
     "forget_mcq_acc": "MCQ_f", "retain_mcq_acc": "MCQ_r", "holdout_mcq_acc": "MCQ_h",
     "forget_mcq_acc_letter": "MCQ_f (letter)", "retain_mcq_acc_letter": "MCQ_r (letter)",
     "privleak": "PrivLeak", "over_refusal": "over-refusal", "repr_margin": "margin",
-    "general_mcq_acc": "MCQ_gen", "general_ppl": "PPL_gen",
+    "general_mcq_acc": "MCQ_gen", "general_ppl": "PPL_gen", "forget_qa_logprob": "log p(answer)_f",
 }
 ATTACK_LABELS = {"relearn": "relearn", "prefill": "prefill", "jailbreak_templates": "templates",
                  "multi_turn": "multi-turn", "gcg": "GCG", "latent": "latent", "direction": "direction",

@@ -265,6 +265,11 @@ SUMMARY_GROUPS = [
 ]
 
 
+#: Forget-side metrics shown under attack in summary.md (each next to its clean value); their scoring / ROUGE
+#: variants and the attacks' own diagnostics (``*_clean``, ``*_gain``) stay in metrics.csv.
+SUMMARY_ATTACK_METRICS = ["forget_mcq_acc", "forget_verbmem", "forget_knowmem", "forget_qa_logprob", "asr"]
+
+
 def summary_markdown(df: pd.DataFrame, benchmark: str | None = None) -> str:
     """Clean models (grouped, narrow tables), then each forget metric under every attack next to its clean value."""
     cells = Cells(df)
@@ -291,15 +296,21 @@ def summary_markdown(df: pd.DataFrame, benchmark: str | None = None) -> str:
                 + ", ".join(f"`{m}`" for m in others) + ".", ""]
     attacks = sorted({a for a in cells.df["attack"] if a != NONE_ATTACK}, key=attack_key)
     columns = [(a, s) for a in attacks for s in settings_order(cells.df, a)]
-    for metric in forget_metrics(cells, attacks):
+    measured = forget_metrics(cells, attacks)
+    for metric in [m for m in SUMMARY_ATTACK_METRICS if m in measured]:
         cols = [(a, s) for a, s in columns if any(cells.has(m, p, a, s, metric) for m, p in configs)]
-        rows = [_label(m, p, cells) + [cells.text(m, p, NONE_ATTACK, DEFAULT_PARAMS, metric)] +
-                [cells.text(m, p, a, s, metric) for a, s in cols] for m, p in configs
+        has_clean = any(cells.has(m, p, NONE_ATTACK, DEFAULT_PARAMS, metric) for m, p in configs)
+        rows = [_label(m, p, cells) + ([cells.text(m, p, NONE_ATTACK, DEFAULT_PARAMS, metric)] if has_clean else [])
+                + [cells.text(m, p, a, s, metric) for a, s in cols] for m, p in configs
                 if any(cells.has(m, p, a, s, metric) for a, s in cols)]
         if rows:
             out.append(Table(f"summary_{metric}", f"Under attack: {_mlabel(metric)} ({metric})",
-                             ["Method", "Params", "Seeds", "clean"] + [setting_label(a, s) for a, s in cols],
-                             rows).markdown())
+                             ["Method", "Params", "Seeds"] + (["clean"] if has_clean else [])
+                             + [setting_label(a, s) for a, s in cols], rows).markdown())
+    others = [m for m in measured if m not in SUMMARY_ATTACK_METRICS]
+    if others:
+        out += ["Also measured under attack (in `metrics.csv`; the paper tables in `paper/`): "
+                + ", ".join(f"`{m}`" for m in others) + ".", ""]
     bad = df[df["status"] != "ok"]
     if not bad.empty:
         out += ["## Not ok", ""]
