@@ -205,6 +205,7 @@ ALLOWED_WRITERS = {
                                            "the checkpointed rows on resume)",
     ("models/gguf.py", "*"): "GGUF conversion, saved through models.io.save_model / atomic_dir",
     ("models/cache.py", "finish_tokenizer"): "writes into the atomic_dir temp folder of its callers",
+    ("models/cache.py", "convert_pickle_weights"): "writes into the atomic_dir temp folder of its callers",
 }
 
 
