@@ -270,6 +270,19 @@ def test_summary_tables_stay_narrow(tree, tmp_path):
     assert "`forget_mcq_acc_cloze_sum`" in summary and "metrics.csv" in summary
 
 
+def test_summary_asr_table_shows_the_plain_question_rate_as_clean(tree):
+    """ASR has no clean evaluation: the white-box attacks' ``asr_clean`` (same items, no attack) is its clean."""
+    _, _, df = tree
+    row = df[(df["metric"] == "forget_mcq_acc") & (df["attack"] == "none") & (df["method"] == "base")].iloc[[0]]
+    extra = pd.concat([row.assign(attack="gcg", attack_params="default", metric="asr", value=0.5),
+                       row.assign(attack="gcg", attack_params="default", metric="asr_clean", value=0.125)])
+    summary = summary_markdown(pd.concat([df, extra], ignore_index=True))
+    table = summary[summary.index("Under attack: ASR"):]
+    assert "| clean |" in table.splitlines()[2]
+    base = next(ln for ln in table.splitlines() if ln.startswith("| Base"))
+    assert base.split("|")[4].strip() == "0.125" and "0.500" in base, base
+
+
 def test_mean_std_over_seeds_and_labels(tree, tmp_path):
     _, _, df = tree
     write_tables(df, tmp_path)

@@ -299,8 +299,17 @@ def summary_markdown(df: pd.DataFrame, benchmark: str | None = None) -> str:
     measured = forget_metrics(cells, attacks)
     for metric in [m for m in SUMMARY_ATTACK_METRICS if m in measured]:
         cols = [(a, s) for a, s in columns if any(cells.has(m, p, a, s, metric) for m, p in configs)]
-        has_clean = any(cells.has(m, p, NONE_ATTACK, DEFAULT_PARAMS, metric) for m, p in configs)
-        rows = [_label(m, p, cells) + ([cells.text(m, p, NONE_ATTACK, DEFAULT_PARAMS, metric)] if has_clean else [])
+
+        def clean_text(m: str, p: str) -> str:
+            if metric != "asr":
+                return cells.text(m, p, NONE_ATTACK, DEFAULT_PARAMS, metric)
+            # ASR has no clean evaluation of its own: the white-box attacks record the plain-question rate of the
+            # same model on the same items (``asr_clean``); the first one found stands for all
+            found = [(a, s) for a, s in columns if cells.has(m, p, a, s, "asr_clean")]
+            return cells.text(m, p, *found[0], "asr_clean") if found else EMPTY
+
+        has_clean = any(clean_text(m, p) != EMPTY for m, p in configs)
+        rows = [_label(m, p, cells) + ([clean_text(m, p)] if has_clean else [])
                 + [cells.text(m, p, a, s, metric) for a, s in cols] for m, p in configs
                 if any(cells.has(m, p, a, s, metric) for a, s in cols)]
         if rows:
