@@ -270,6 +270,23 @@ SUMMARY_GROUPS = [
 SUMMARY_ATTACK_METRICS = ["forget_mcq_acc", "forget_verbmem", "forget_knowmem", "forget_qa_logprob", "asr"]
 
 
+def _clean_text(cells: Cells, columns: list[tuple[str, str]], method: str, params: str, metric: str) -> str:
+    """The clean value shown next to ``metric`` under attack. ASR has no clean evaluation of its own: the white-box
+    attacks record the plain-question rate of the same model on the same items (``asr_clean``); the first found
+    stands for all."""
+    if metric != "asr":
+        return cells.text(method, params, NONE_ATTACK, DEFAULT_PARAMS, metric)
+    found = [(a, s) for a, s in columns if cells.has(method, params, a, s, "asr_clean")]
+    return cells.text(method, params, *found[0], "asr_clean") if found else EMPTY
+
+
+def _also_measured(where: str, names: list[str]) -> list[str]:
+    if not names:
+        return []
+    return [f"Also measured {where} (in `metrics.csv`; the paper tables in `paper/`): "
+            + ", ".join(f"`{m}`" for m in names) + ".", ""]
+
+
 def summary_markdown(df: pd.DataFrame, benchmark: str | None = None) -> str:
     """Clean models (grouped, narrow tables), then each forget metric under every attack next to its clean value."""
     cells = Cells(df)
@@ -290,36 +307,21 @@ def summary_markdown(df: pd.DataFrame, benchmark: str | None = None) -> str:
             out.append(Table(f"summary_clean_{i}", title, ["Method", "Params", "Seeds"] +
                              [_mlabel(x) for x in cols], rows).markdown())
     shown = {m for _, names in SUMMARY_GROUPS for m in names}
-    others = [m for m in clean if m not in shown]
-    if others:
-        out += ["Also measured on the clean models (in `metrics.csv`; the paper tables in `paper/`): "
-                + ", ".join(f"`{m}`" for m in others) + ".", ""]
+    out += _also_measured("on the clean models", [m for m in clean if m not in shown])
     attacks = sorted({a for a in cells.df["attack"] if a != NONE_ATTACK}, key=attack_key)
     columns = [(a, s) for a in attacks for s in settings_order(cells.df, a)]
     measured = forget_metrics(cells, attacks)
     for metric in [m for m in SUMMARY_ATTACK_METRICS if m in measured]:
         cols = [(a, s) for a, s in columns if any(cells.has(m, p, a, s, metric) for m, p in configs)]
-
-        def clean_text(m: str, p: str) -> str:
-            if metric != "asr":
-                return cells.text(m, p, NONE_ATTACK, DEFAULT_PARAMS, metric)
-            # ASR has no clean evaluation of its own: the white-box attacks record the plain-question rate of the
-            # same model on the same items (``asr_clean``); the first one found stands for all
-            found = [(a, s) for a, s in columns if cells.has(m, p, a, s, "asr_clean")]
-            return cells.text(m, p, *found[0], "asr_clean") if found else EMPTY
-
-        has_clean = any(clean_text(m, p) != EMPTY for m, p in configs)
-        rows = [_label(m, p, cells) + ([clean_text(m, p)] if has_clean else [])
+        has_clean = any(_clean_text(cells, columns, m, p, metric) != EMPTY for m, p in configs)
+        rows = [_label(m, p, cells) + ([_clean_text(cells, columns, m, p, metric)] if has_clean else [])
                 + [cells.text(m, p, a, s, metric) for a, s in cols] for m, p in configs
                 if any(cells.has(m, p, a, s, metric) for a, s in cols)]
         if rows:
             out.append(Table(f"summary_{metric}", f"Under attack: {_mlabel(metric)} ({metric})",
                              ["Method", "Params", "Seeds"] + (["clean"] if has_clean else [])
                              + [setting_label(a, s) for a, s in cols], rows).markdown())
-    others = [m for m in measured if m not in SUMMARY_ATTACK_METRICS]
-    if others:
-        out += ["Also measured under attack (in `metrics.csv`; the paper tables in `paper/`): "
-                + ", ".join(f"`{m}`" for m in others) + ".", ""]
+    out += _also_measured("under attack", [m for m in measured if m not in SUMMARY_ATTACK_METRICS])
     bad = df[df["status"] != "ok"]
     if not bad.empty:
         out += ["## Not ok", ""]
