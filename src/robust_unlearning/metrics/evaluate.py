@@ -58,6 +58,8 @@ class EvalConfig:
         the batch-1 outputs exactly, else batch 1 (§1).
     margin_*: §6 — layer (index into hidden_states, -1 = last), anchors (mcq | knowmem | dialogue), direction
         (own | target; target needs ``reference["margin_centres"]``), pca_k (None = identity g).
+    lm_eval_tasks / lm_eval_include_path: {split: lm-eval task} for the ``mcq_lm_eval`` metric (MMLU / WMDP
+        through lm-eval-harness itself, metrics/lm_eval_backend.py), and a folder of local task YAMLs.
     over_refusal_*: XSTest-style generation (chat template, T = 0.7, 64 new tokens on synthetic items, §7.0).
     seed: margin splits and sampling seeds. progress: tqdm (None = only for long lists).
     """
@@ -79,6 +81,8 @@ class EvalConfig:
     margin_anchors: str = "mcq"
     margin_direction: str = "own"
     margin_pca_k: int | None = None
+    lm_eval_tasks: dict | None = None
+    lm_eval_include_path: str | None = None
     over_refusal_max_new_tokens: int = 64
     over_refusal_temperature: float = 0.7
     seed: int = 0
@@ -129,6 +133,13 @@ class EvalConfig:
             raise EvalConfigError("margin_layer", "must be an integer (index into hidden_states)")
         if not float(self.over_refusal_temperature) > 0:
             raise EvalConfigError("over_refusal_temperature", "must be > 0")
+        if self.lm_eval_tasks is not None:
+            if not isinstance(self.lm_eval_tasks, dict) or any(
+                    k not in ("forget", "retain", "holdout") or not isinstance(v, str) or not v
+                    for k, v in self.lm_eval_tasks.items()):
+                raise EvalConfigError("lm_eval_tasks", "must map forget / retain / holdout to an lm-eval task name")
+        if self.lm_eval_include_path is not None and not isinstance(self.lm_eval_include_path, str):
+            raise EvalConfigError("lm_eval_include_path", "must be a directory path (string)")
         if not isinstance(self.mcq_subject, (str, dict)):
             raise EvalConfigError("mcq_subject", "must be a string or {split: subject}")
         mi = self.max_items

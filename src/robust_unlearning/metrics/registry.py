@@ -48,7 +48,7 @@ def get_metric(name: str) -> MetricSpec:
 
 def _load_builtin() -> None:
     """Import the modules whose import registers the built-in metrics."""
-    from . import asr, general, margin, mcq, mia, muse  # noqa: F401
+    from . import asr, general, lm_eval_backend, margin, mcq, mia, muse  # noqa: F401
 
 
 def prompt_hash(prompt: Any) -> str:
