@@ -89,3 +89,13 @@ def test_eval_config_validation():
                 {"mcq_bos": "yes"}, {"metrics": "verbmem"}):
         with pytest.raises(EvalConfigError):
             EvalConfig.from_dict(bad)
+
+
+@pytest.mark.parametrize("bad,key", [({"lm_eval_tasks": ["wmdp_bio"]}, "lm_eval_tasks"),
+                                     ({"lm_eval_tasks": {"unknown_split": "wmdp_bio"}}, "lm_eval_tasks"),
+                                     ({"lm_eval_tasks": {"forget": ""}}, "lm_eval_tasks"),
+                                     ({"lm_eval_include_path": 3}, "lm_eval_include_path")])
+def test_lm_eval_keys_are_validated_and_named(bad, key):
+    with pytest.raises(EvalConfigError, match=key):
+        EvalConfig.from_dict(bad)
+    assert EvalConfig.from_dict({"lm_eval_tasks": {"forget": "wmdp_bio"}}).lm_eval_tasks == {"forget": "wmdp_bio"}

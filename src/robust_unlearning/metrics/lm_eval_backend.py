@@ -42,6 +42,10 @@ def lm_eval_mcq(model, tokenizer, tasks: Sequence[str], include_path: str | Path
                           task_manager=manager, bootstrap_iters=0)
     results: dict[str, dict[str, Any]] = {}
     for task in tasks:
+        if task not in out["samples"]:  # a group (e.g. mmlu): its documents are under its subtasks' names
+            raise ValueError(f"evaluation.lm_eval_tasks: {task!r} is a task group "
+                             f"({', '.join(out.get('group_subtasks', {}).get(task, [])[:5])}, …); groups are not "
+                             "aggregated yet: name single tasks")
         samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
         logprobs = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
         preds = [max(range(len(lp)), key=lambda j: lp[j]) for lp in logprobs]   # first argmax, as np.argmax
