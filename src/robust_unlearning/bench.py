@@ -59,6 +59,13 @@ def main(argv=None) -> int:
                               steps=args.steps, batch_size=args.batch_size, methods=["sam_npo", "prism", "npo_gdr"])
         for name, row in equal.items():
             methods[name]["step_ratio_equal_tokens"] = row["step_ratio_vs_npo_gdr"]
+        # The pass-count floor of a SAM step: NPO+GDR plus one more forget forward+backward (an NPO step), i.e.
+        # 1 + ratio(NPO alone). A SAM method's ratio / floor is its overhead beyond the passes it must make.
+        floor = 1.0 + methods["npo"]["step_ratio_vs_npo_gdr"] if "npo" in methods else float("nan")
+        for name in ("sam_npo", "prism"):
+            if name in methods:
+                methods[name]["pass_floor_ratio"] = floor
+                methods[name]["overhead_vs_floor"] = methods[name]["step_ratio_vs_npo_gdr"] / floor
         context.update(tokens_per_example={"forget": _mean_len(forget), "retain": _mean_len(retain)},
                        equal_tokens_per_example=n_tok)
         atomic_write_json(out / "methods.json", methods)
@@ -68,6 +75,8 @@ def main(argv=None) -> int:
                   f"{row.get('step_ratio_equal_tokens', float('nan')):>12.2f}{row['peak_mem_mb']:>10.1f}")
         print(f"tokens per example: forget {_mean_len(forget):.1f}, retain {_mean_len(retain):.1f}; "
               f"equal-token run: {n_tok} each")
+        print(f"pass-count floor of a SAM step (NPO+GDR + one NPO step): {floor:.2f}x; PRISM / floor = "
+              f"{methods.get('prism', {}).get('overhead_vs_floor', float('nan')):.3f}")
 
         model = build_llama(tok, preset=args.preset, seed=0)
         evals = bench_eval(model, tok, bench, n_items=32)

@@ -97,8 +97,105 @@ def test_the_mcq_lm_eval_metric_runs_a_task_through_evaluate(world):
     rows = [r for r in bench.mcq("forget") if (r.get("subject") or "biology") == "biology"]
     _task(root, "ru_eval_biology", rows, "biology")
     cfg = EvalConfig.from_dict({"metrics": ["mcq_lm_eval:forget"], "lm_eval_tasks": {"forget": "ru_eval_biology"},
-                                "lm_eval_include_path": str(root / "tasks"), "batch_size": 16})
+                                "lm_eval_include_path": str(root / "tasks"), "lm_eval_data": "hub",
+                                "batch_size": 16})
     metrics, items = evaluate_model(model, tok, bench, cfg)
     ours = score_mcq(model, tok, rows, "letter", add_bos=False, batch_size=16, subject="biology", progress=False)
     assert metrics["forget_mcq_acc_letter"] == pytest.approx(sum(o["pred"] == o["gold"] for o in ours) / len(ours))
     assert len(items) == len(rows) and {it["metric"] for it in items} == {"forget_mcq_acc_letter"}
+
+    # lm_eval_data: split (the default) runs the same task definition over the split's own prepared rows, cut by
+    # max_items like every other metric
+    cfg = EvalConfig.from_dict({"metrics": ["mcq_lm_eval:forget"], "lm_eval_tasks": {"forget": "ru_eval_biology"},
+                                "lm_eval_include_path": str(root / "tasks"), "batch_size": 16,
+                                "max_items": {"mcq_lm_eval": 20}})
+    metrics, items = evaluate_model(model, tok, bench, cfg)
+    split_rows = [{k: v for k, v in r.items() if k != "subject"} for r in bench.mcq("forget")][:20]
+    ours = score_mcq(model, tok, split_rows, "letter", add_bos=False, batch_size=16, subject="biology", progress=False)
+    assert len(items) == len(split_rows) == 20
+    assert metrics["forget_mcq_acc_letter"] == pytest.approx(sum(o["pred"] == o["gold"] for o in ours) / len(ours))
+
+
+def test_lm_eval_groups_and_tasks_score_the_runs_own_rows(world):
+    """`lm_eval_data: split`: lm-eval's OWN definitions of `mmlu` (a group of 57 per-subject tasks, in 4 sub-groups)
+    and `wmdp_bio` run over the prepared rows, offline. The group is split by each row's `subject`, its accuracy is
+    lm-eval's size-weighted aggregate, and every item equals our letter scorer with that subject's description."""
+    from robust_unlearning.metrics.lm_eval_backend import lm_eval_on_rows
+
+    _, bench, tok, model = world
+    rows = bench.mcq("forget") + bench.mcq("retain")
+    subjects = ["anatomy", "college_physics", "high_school_biology"]   # lm-eval's mmlu_<subject> tasks
+    mmlu_rows = [{**r, "subject": subjects[i % 3]} for i, r in enumerate(rows)]
+    res = lm_eval_on_rows(model, tok, "mmlu", mmlu_rows, batch_size=16)
+    assert res["n_subtasks"] == 3 and sorted(set(res["tasks"])) == subjects
+    ours = {s: score_mcq(model, tok, [r for r in mmlu_rows if r["subject"] == s], "letter", add_bos=False,
+                         batch_size=16, subject=s, progress=False) for s in subjects}
+    flat = [o for s in subjects for o in ours[s]]                     # leaves in lm-eval's order: by subject here
+    by_task = {s: [p for t, p in zip(res["tasks"], res["preds"]) if t == s] for s in subjects}
+    for s in subjects:
+        assert by_task[s] == [o["pred"] for o in ours[s]], s
+    assert len(res["preds"]) == len(flat) == len(rows)
+    assert res["acc"] == pytest.approx(sum(o["pred"] == o["gold"] for o in flat) / len(flat))
+
+    rows = [{k: v for k, v in r.items() if k != "subject"} for r in rows]   # our scorer prefers a row's subject
+    bio = lm_eval_on_rows(model, tok, "wmdp_bio", rows, batch_size=16)
+    ours_bio = score_mcq(model, tok, rows, "letter", add_bos=False, batch_size=16, subject="biology", progress=False)
+    assert bio["preds"] == [o["pred"] for o in ours_bio] and set(bio["tasks"]) == {"wmdp_bio"}
+    assert bio["acc"] == pytest.approx(sum(o["pred"] == o["gold"] for o in ours_bio) / len(ours_bio))
+
+
+def test_a_group_needs_subjects_naming_its_tasks(world, tmp_path):
+    from lm_eval.tasks import TaskManager
+
+    from robust_unlearning.metrics.lm_eval_backend import write_local_tasks
+
+    _, bench, _, _ = world
+    rows = [{**r, "subject": "not_a_subject"} for r in bench.mcq("forget")[:4]]
+    with pytest.raises(ValueError, match="mmlu_<subject>.*not_a_subject"):
+        write_local_tasks("mmlu", rows, tmp_path, TaskManager())
+    with pytest.raises(ValueError, match="unknown lm-eval task 'no_such_task'"):
+        write_local_tasks("no_such_task", rows, tmp_path, TaskManager())
+
+
+def test_the_wmdp_preset_scores_wmdp_and_mmlu_with_lm_eval_offline(tmp_path):
+    """The wmdp_bio preset's own `evaluation:` section, on the WMDP reconstruction prepared from hub-format fixtures
+    (cais/wmdp, cais/mmlu with real MMLU subjects), with the datasets library offline: forget = lm-eval's wmdp_bio
+    over the held-out WMDP half, retain = lm-eval's mmlu group over MMLU test. Both equal our letter scorer."""
+    import datasets
+    import yaml
+
+    from robust_unlearning.data.wmdp import prepare_wmdp_dialogue
+    from robust_unlearning.metrics.evaluate import EvalConfig, evaluate_model
+
+    repo = Path(__file__).resolve().parents[2]
+    prepare_wmdp_dialogue({"name": "wmdp_dialogue", "source": str(repo / "tests" / "fixtures" / "hub"), "seed": 0,
+                           "cache_dir": str(tmp_path / "hf")}, tmp_path / "data")
+    bench = Benchmark(tmp_path / "data")
+    rows = {s: bench.mcq(s) for s in ("forget", "retain")}
+    assert rows["forget"] and {r["subject"] for r in rows["retain"]} == {"high_school_geography", "astronomy"}
+    texts = [r["question"] + " " + " ".join(r["choices"]) for s in rows for r in rows[s]] * 4
+    tok = train_bpe_tokenizer(texts + ["The following are multiple choice questions (with answers) about"] * 4,
+                              vocab_size=400)
+    model = build_llama(tok, preset="tiny-llama", seed=5).eval()
+
+    preset = yaml.safe_load((repo / "workflow" / "presets" / "wmdp_bio.yaml").read_text())["evaluation"]
+    assert preset["lm_eval_tasks"] == {"forget": "wmdp_bio", "retain": "mmlu"}
+    cfg = EvalConfig.from_dict({**preset, "metrics": [m for m in preset["metrics"] if m.startswith("mcq_lm_eval")],
+                                "dtype": "float32"})
+    offline = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = True
+    try:
+        metrics, items = evaluate_model(model, tok, bench, cfg)
+    finally:
+        datasets.config.HF_HUB_OFFLINE = offline
+    for split, subject in (("forget", "biology"), ("retain", None)):
+        ours = score_mcq(model, tok, rows[split], "letter", add_bos=False, batch_size=8, subject=subject or "x",
+                         progress=False)
+        theirs = [it for it in items if it["metric"] == f"{split}_mcq_acc_letter"]
+        assert len(theirs) == len(ours) == len(rows[split])
+        tasks = [r.get("subject") or "wmdp_bio" for r in rows[split]]
+        ours_in_lm_eval_order = [o["pred"] for t in sorted(set(tasks)) for o, tt in zip(ours, tasks) if tt == t]
+        assert [int(it["output"]) for it in theirs] == ours_in_lm_eval_order   # lm-eval: subject by subject
+        assert sorted({it["meta"]["task"] for it in theirs}) == sorted(set(tasks))
+        assert metrics[f"{split}_mcq_acc_letter"] == pytest.approx(sum(o["pred"] == o["gold"] for o in ours)
+                                                                   / len(ours))

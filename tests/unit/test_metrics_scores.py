@@ -36,6 +36,16 @@ def test_unlearn_score_clipping():
     assert zero_target["us_utility"] == 1.0 and zero_target["us_effectiveness"] == 0.0
 
 
+def test_unlearn_score_synthetic_takes_utility_from_retain_mcq_above_chance():
+    t = {**TARGET, "retain_mcq_acc": 0.95, "retain_knowmem": 1.0}
+    m = {"retain_mcq_acc": 0.81, "retain_knowmem": 0.0, "forget_verbmem": 20.0, "privleak": -10.0}
+    us = unlearn_score(m, t, mode="synthetic")
+    assert us["us_utility"] == pytest.approx((0.81 - 0.25) / (0.95 - 0.25))     # 0.8, not KnowMem's 0/1 = 0
+    assert us["us_effectiveness"] == pytest.approx(0.75) and us["us_privacy"] == pytest.approx(0.9)
+    assert us["unlearn_score"] == pytest.approx((0.8 * 0.75 * 0.9) ** (1 / 3))
+    assert unlearn_score({**m, "retain_mcq_acc": 0.2}, t, mode="synthetic")["us_utility"] == 0.0   # below chance
+
+
 def test_unlearn_score_wmdp():
     t = {"retain_mcq_acc": 0.65, "forget_mcq_acc": 0.75}
     m = {"retain_mcq_acc": 0.55, "forget_mcq_acc": 0.30}

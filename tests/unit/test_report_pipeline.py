@@ -92,7 +92,7 @@ def build_tree(bench: Path) -> list[tuple[str, str, str]]:
 def tree(tmp_path_factory):
     bench = tmp_path_factory.mktemp("results") / BENCH
     expected = build_tree(bench)
-    df = collect_results(bench, BENCH, expected=expected, score_fn=stand_in_score)
+    df = collect_results(bench, BENCH, expected=expected, score_fn=stand_in_score, us_mode=None)
     return bench, expected, df
 
 
@@ -198,6 +198,19 @@ def test_real_unlearn_score_muse_like(tmp_path):
     assert _value(df, f"{NPO}/seed~0", "unlearn_score").value == pytest.approx((u * e * p) ** (1 / 3))
     assert _value(df, f"{NPO}/seed~0", "us_effectiveness", "relearn", "steps~10").value == pytest.approx(0.5)
     assert _value(df, "models/base", "unlearn_score").value == pytest.approx(0.0)
+
+
+def test_real_unlearn_score_on_the_synthetic_world_uses_retain_mcq(tmp_path):
+    """KnowMem_r of a small model is ~0 (noise), so the synthetic world's U is retain MCQ above chance."""
+    bench = tmp_path / "synthetic"
+    row = lambda verb, kr, mcq_r, pl: {"forget_verbmem": verb, "retain_knowmem": kr,  # noqa: E731
+                                       "retain_mcq_acc": mcq_r, "privleak": pl}
+    _metrics_json(bench, "models/base", *CLEAN, row(60.0, 1.0, 0.95, -100.0))
+    _metrics_json(bench, f"{NPO}/seed~0", *CLEAN, row(15.0, 0.0, 0.81, -10.0))
+    df = collect_results(bench, "synthetic")
+    u, e, p = (0.81 - 0.25) / (0.95 - 0.25), 0.75, 0.9
+    assert _value(df, f"{NPO}/seed~0", "us_utility").value == pytest.approx(u)
+    assert _value(df, f"{NPO}/seed~0", "unlearn_score").value == pytest.approx((u * e * p) ** (1 / 3))
 
 
 def test_wmdp_score_gets_prompt_attack_asr(tmp_path):

@@ -60,6 +60,8 @@ class EvalConfig:
         (own | target; target needs ``reference["margin_centres"]``), pca_k (None = identity g).
     lm_eval_tasks / lm_eval_include_path: {split: lm-eval task} for the ``mcq_lm_eval`` metric (MMLU / WMDP
         through lm-eval-harness itself, metrics/lm_eval_backend.py), and a folder of local task YAMLs.
+    lm_eval_data: ``split`` scores the split's own prepared rows with lm-eval's task definition (offline; a group
+        such as mmlu is split per ``subject``); ``hub`` lets lm-eval load its own dataset (HF cache or network).
     over_refusal_*: XSTest-style generation (chat template, T = 0.7, 64 new tokens on synthetic items, §7.0).
     seed: margin splits and sampling seeds. progress: tqdm (None = only for long lists).
     """
@@ -83,6 +85,7 @@ class EvalConfig:
     margin_pca_k: int | None = None
     lm_eval_tasks: dict | None = None
     lm_eval_include_path: str | None = None
+    lm_eval_data: str = "split"
     over_refusal_max_new_tokens: int = 64
     over_refusal_temperature: float = 0.7
     seed: int = 0
@@ -140,6 +143,8 @@ class EvalConfig:
                 raise EvalConfigError("lm_eval_tasks", "must map forget / retain / holdout to an lm-eval task name")
         if self.lm_eval_include_path is not None and not isinstance(self.lm_eval_include_path, str):
             raise EvalConfigError("lm_eval_include_path", "must be a directory path (string)")
+        if self.lm_eval_data not in ("split", "hub"):
+            raise EvalConfigError("lm_eval_data", f"must be split or hub, got {self.lm_eval_data!r}")
         if not isinstance(self.mcq_subject, (str, dict)):
             raise EvalConfigError("mcq_subject", "must be a string or {split: subject}")
         mi = self.max_items

@@ -29,45 +29,154 @@ def _harness():
     return simple_evaluate, HFLM, TaskManager
 
 
+def _leaf_tasks(name: str, group_subtasks: dict) -> list[str]:
+    """The tasks under ``name``, depth first in lm-eval's order (``mmlu`` → ``mmlu_stem`` → ``mmlu_anatomy`` …)."""
+    if name not in group_subtasks:
+        return [name]
+    return [leaf for sub in group_subtasks[name] for leaf in _leaf_tasks(sub, group_subtasks)]
+
+
 def lm_eval_mcq(model, tokenizer, tasks: Sequence[str], include_path: str | Path | None = None,
-                batch_size: int = 16, limit: int | None = None, add_bos_token: bool = False) -> dict[str, dict[str, Any]]:
+                batch_size: int = 16, limit: int | None = None, add_bos_token: bool = False,
+                task_manager=None) -> dict[str, dict[str, Any]]:
     """Zero-shot multiple-choice tasks of lm-eval on ``model``. Per task: ``acc`` and, per document (in order),
-    ``preds`` (argmax of the choices' log-likelihoods, lm-eval's ``acc`` rule), ``golds`` and ``logprobs``."""
+    ``preds`` (argmax of the choices' log-likelihoods, lm-eval's ``acc`` rule), ``golds``, ``logprobs`` and the
+    ``task`` it belongs to. A group (``mmlu``: 57 subjects in 4 sub-groups) gathers the documents of all its leaf
+    tasks; its ``acc`` is lm-eval's own group aggregate (MMLU: weighted by size = the micro average), else the
+    micro average."""
     simple_evaluate, HFLM, TaskManager = _harness()
     device = str(next(model.parameters()).device)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
               add_bos_token=add_bos_token)
-    manager = TaskManager(include_path=str(include_path)) if include_path else TaskManager()
+    if task_manager is None:
+        task_manager = TaskManager(include_path=str(include_path)) if include_path else TaskManager()
     out = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, log_samples=True,
-                          task_manager=manager, bootstrap_iters=0)
+                          task_manager=task_manager, bootstrap_iters=0)
+    groups = out.get("group_subtasks", {}) or {}
     results: dict[str, dict[str, Any]] = {}
     for task in tasks:
-        if task not in out["samples"]:  # a group (e.g. mmlu): its documents are under its subtasks' names
-            raise ValueError(f"evaluation.lm_eval_tasks: {task!r} is a task group "
-                             f"({', '.join(out.get('group_subtasks', {}).get(task, [])[:5])}, …); groups are not "
-                             "aggregated yet: name single tasks")
-        samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
-        logprobs = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
-        preds = [max(range(len(lp)), key=lambda j: lp[j]) for lp in logprobs]   # first argmax, as np.argmax
-        golds = [int(s["target"]) for s in samples]
-        acc = out["results"][task].get("acc,none")
-        results[task] = {"acc": float(acc) if acc is not None else math.nan, "preds": preds, "golds": golds,
-                         "logprobs": logprobs}
+        leaves = _leaf_tasks(task, groups)
+        missing = [t for t in leaves if t not in out["samples"]]
+        if missing:
+            raise ValueError(f"evaluation.lm_eval_tasks: lm-eval returned no documents for {missing[:3]} "
+                             f"(of task {task!r})")
+        preds, golds, logprobs, names = [], [], [], []
+        for leaf in leaves:
+            for s in sorted(out["samples"][leaf], key=lambda s: s["doc_id"]):
+                lp = [float(r[0]) for r in s["filtered_resps"]]
+                logprobs.append(lp)
+                preds.append(max(range(len(lp)), key=lambda j: lp[j]))   # first argmax, as np.argmax
+                golds.append(int(s["target"]))
+                names.append(leaf)
+        acc = (out["results"].get(task) or {}).get("acc,none")
+        if acc is None or (isinstance(acc, float) and math.isnan(acc)):
+            acc = sum(p == g for p, g in zip(preds, golds)) / max(len(preds), 1)
+        results[task] = {"acc": float(acc), "preds": preds, "golds": golds, "logprobs": logprobs, "tasks": names,
+                         "n_subtasks": len(leaves)}
     return results
+
+
+# ------------------------------------------------------------------------------------- the run's own rows
+
+def _clean_rows(rows: Sequence[dict]) -> list[dict]:
+    return [{"question": r["question"], "choices": list(r["choices"]), "answer": int(r["answer"])} for r in rows]
+
+
+def _task_yaml(name: str, include: Path, data: Path) -> str:
+    import json
+    # lm-eval's own definition (prompt, choices, description) via `include`; only the documents are ours.
+    # tag: null keeps the copy out of lm-eval's tags (mmlu_stem_tasks, …); fewshot_split: null (zero-shot).
+    return (f"task: {name}\ninclude: {json.dumps(str(include))}\ntag: null\ndataset_path: json\n"
+            f"dataset_name: null\ndataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data))}\n"
+            "test_split: test\nvalidation_split: null\ntraining_split: null\nfewshot_split: null\n")
+
+
+def write_local_tasks(task: str, rows: Sequence[dict], out_dir: str | Path, task_manager) -> str:
+    """lm-eval's task ``task`` over OUR prepared rows (``{question, choices, answer[, subject]}``): a copy of its
+    YAML that ``include``s lm-eval's own file and reads the documents from a JSONL written here. Returns the name
+    to run. For a group whose leaves are per subject (``mmlu`` → ``mmlu_<subject>``), the rows are split by their
+    ``subject`` field into one leaf each, under a group with lm-eval's size-weighted aggregate. Offline by
+    construction: nothing is fetched, and the scored documents are exactly the run's own."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index = task_manager.task_index
+    entry = index.get(task)
+    if entry is None:
+        raise ValueError(f"evaluation.lm_eval_tasks: unknown lm-eval task {task!r}")
+    kind = getattr(entry.kind, "name", str(entry.kind))
+    local = f"ru_local_{task}"
+    if kind == "TASK" and entry.yaml_path is not None:
+        data = out_dir / f"{local}.jsonl"
+        _write_jsonl(data, _clean_rows(rows))
+        (out_dir / f"{local}.yaml").write_text(_task_yaml(local, Path(entry.yaml_path), data))
+        return local
+    if kind not in ("GROUP", "TAG"):
+        raise ValueError(f"evaluation.lm_eval_tasks: {task!r} is a {kind.lower()} lm-eval task; only YAML tasks and "
+                         "groups of per-subject tasks can read the run's own rows (set lm_eval_data: hub)")
+    by_subject: dict[str, list[dict]] = {}
+    for r in rows:
+        by_subject.setdefault(str(r.get("subject") or ""), []).append(r)
+    leaves = []
+    for subject, sub_rows in sorted(by_subject.items()):
+        leaf = index.get(f"{task}_{subject}")
+        if not subject or leaf is None or leaf.yaml_path is None:
+            raise ValueError(f"evaluation.lm_eval_tasks: {task!r} is a group; each row needs a 'subject' naming one "
+                             f"of its tasks ({task}_<subject>), got subject {subject!r} ({len(sub_rows)} rows)")
+        name = f"{local}_{subject}"
+        data = out_dir / f"{name}.jsonl"
+        _write_jsonl(data, _clean_rows(sub_rows))
+        (out_dir / f"{name}.yaml").write_text(_task_yaml(name, Path(leaf.yaml_path), data))
+        leaves.append(name)
+    (out_dir / f"{local}.yaml").write_text(
+        f"group: {local}\ntask:\n" + "".join(f"  - {n}\n" for n in leaves)
+        + "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\n")
+    return local
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    import json
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def lm_eval_on_rows(model, tokenizer, task: str, rows: Sequence[dict], *, batch_size: int = 16,
+                    limit: int | None = None, add_bos_token: bool = False,
+                    include_path: str | Path | None = None) -> dict[str, Any]:
+    """:func:`lm_eval_mcq` of lm-eval's ``task`` (or group) over ``rows`` (see :func:`write_local_tasks`);
+    ``include_path`` adds local task YAMLs to look ``task`` up in."""
+    import tempfile
+
+    _, _, TaskManager = _harness()
+    with tempfile.TemporaryDirectory(prefix="ru_lm_eval_") as tmp:
+        extra = [str(include_path)] if include_path else []
+        name = write_local_tasks(task, rows, tmp, TaskManager(include_path=extra or None))
+        manager = TaskManager(include_path=[tmp] + extra)
+        res = lm_eval_mcq(model, tokenizer, [name], batch_size=batch_size, limit=limit,
+                          add_bos_token=add_bos_token, task_manager=manager)[name]
+    prefix = f"ru_local_{task}_"
+    res["tasks"] = [t[len(prefix):] if t.startswith(prefix) else task for t in res["tasks"]]
+    return res
 
 
 @register_metric("mcq_lm_eval", splits=("forget", "retain", "holdout"), outputs=("{split}_mcq_acc_letter",))
 def mcq_lm_eval_metric(ctx: EvalContext, split: str):
     """``{split}_mcq_acc_letter`` from lm-eval's own task ``evaluation.lm_eval_tasks[split]`` (e.g. forget:
-    wmdp_bio, retain: mmlu) instead of our letter scorer; splits without a task are skipped."""
+    wmdp_bio, retain: mmlu) instead of our letter scorer; splits without a task are skipped.
+
+    ``lm_eval_data: split`` (default) scores the split's own prepared rows with lm-eval's task definition (offline;
+    the same documents as every other metric of the split); ``hub`` lets lm-eval load its own dataset (the
+    Hugging Face cache, or the network), e.g. the full WMDP-bio test set, or a task from ``lm_eval_include_path``."""
     task = (ctx.cfg.lm_eval_tasks or {}).get(split)
     if not task:
         return {}, []
-    res = lm_eval_mcq(ctx.model, ctx.tokenizer, [task], include_path=ctx.cfg.lm_eval_include_path,
-                      batch_size=ctx.cfg.batch_size, limit=ctx.cfg.max_items_for("mcq_lm_eval"),
-                      add_bos_token=ctx.cfg.mcq_bos)[task]
+    kw = dict(batch_size=ctx.cfg.batch_size, limit=ctx.cfg.max_items_for("mcq_lm_eval"),
+              add_bos_token=ctx.cfg.mcq_bos)
+    if ctx.cfg.lm_eval_data == "split":  # max_items cuts the rows (lm-eval's `limit` would cut each subject)
+        res = lm_eval_on_rows(ctx.model, ctx.tokenizer, task, ctx.limit(ctx.bench.mcq(split), "mcq_lm_eval"),
+                              include_path=ctx.cfg.lm_eval_include_path, **{**kw, "limit": None})
+    else:
+        res = lm_eval_mcq(ctx.model, ctx.tokenizer, [task], include_path=ctx.cfg.lm_eval_include_path, **kw)[task]
     name = f"{split}_mcq_acc_letter"
-    items = [record(f"lm_eval/{task}#{i}", split, name, f"{task}#{i}", str(p), float(p == g),
-                    {"task": task, "gold": g, "logprobs": lp})
-             for i, (p, g, lp) in enumerate(zip(res["preds"], res["golds"], res["logprobs"]))]
+    items = [record(f"lm_eval/{t}#{i}", split, name, f"{t}#{i}", str(p), float(p == g),
+                    {"task": t, "gold": g, "logprobs": lp})
+             for i, (t, p, g, lp) in enumerate(zip(res["tasks"], res["preds"], res["golds"], res["logprobs"]))]
     return {name: res["acc"]}, items

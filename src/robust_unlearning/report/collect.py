@@ -267,7 +267,8 @@ def collect_results(bench_dir: str | os.PathLike, benchmark: str,
     dicts with those keys); each one without a ``metrics.json`` becomes ``missing`` rows (``diverged`` when
     the model's run.json says it diverged). ``score_fn``: the Unlearn Score function (default
     ``metrics.unlearn_score.unlearn_score``; ``None`` disables the US rows). ``us_mode``: passed as
-    ``mode=`` to it; ``"auto"`` = ``"wmdp"`` for a benchmark named ``*wmdp*``, else the function's default
+    ``mode=`` to it; ``"auto"`` = ``"wmdp"`` for a benchmark named ``*wmdp*``, ``"synthetic"`` for the synthetic
+    world (utility from retain MCQ above chance: its KnowMem_r is ~0 for a small model), else the function's default
     (not passed); ``None`` = never passed.
     Never raises on a malformed or absent file: it logs and records a ``failed``/``missing`` row.
     """
@@ -278,7 +279,8 @@ def collect_results(bench_dir: str | os.PathLike, benchmark: str,
     run_status = _read_runs(bench, rows)
     _read_evals(bench, rows, scored)
     if us_mode == "auto":
-        us_mode = "wmdp" if "wmdp" in benchmark.lower() else None
+        us_mode = ("wmdp" if "wmdp" in benchmark.lower() else "synthetic" if benchmark.lower() == "synthetic"
+                   else None)
     _add_scores(rows, scored, fn, us_mode)
     _add_missing(rows, _normalise_expected(expected), run_status)
     df = rows.frame()
