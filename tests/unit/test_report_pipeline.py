@@ -182,7 +182,7 @@ def test_malformed_and_absent_inputs_never_crash(tmp_path):
     empty = collect_results(tmp_path / "nothing", BENCH)
     assert empty.empty and list(empty.columns[:10])[-1] == "status"
     out = write_tables(empty, tmp_path / "tables")
-    assert [p.name for p in out] == ["metrics.csv", "summary.md"]
+    assert [p.name for p in out] == ["metrics.csv", "summary.md", "summary.html"]
     assert write_figures(empty, tmp_path / "figures") == []
 
 
@@ -259,7 +259,8 @@ def test_tables_written_with_expected_rows(tree, tmp_path):
     written = write_tables(df, tmp_path)
     names = sorted(p.name for p in written)
     stems = ["main", "relearning", "prompt_attacks", "whitebox", "prism_ablation"]
-    assert names == sorted(["metrics.csv", "summary.md"] + [f"{s}.{e}" for s in stems for e in ("md", "tex")])
+    assert names == sorted(["metrics.csv", "summary.md", "summary.html"]
+                           + [f"{s}.{e}" for s in stems for e in ("md", "tex", "html")])
     assert all(p.stat().st_size > 0 for p in written)
     expected_rows = {"main": 6,            # base, retrain, ga (diverged), npo+gdr, prism ×2
                      "relearning": 2,      # npo × {forget_mcq_acc, forget_verbmem}
@@ -269,6 +270,8 @@ def test_tables_written_with_expected_rows(tree, tmp_path):
     for stem, n in expected_rows.items():
         assert _md_rows(tmp_path / f"{stem}.md") == n, stem
         assert _tex_rows(tmp_path / f"{stem}.tex") == n, stem
+        page = (tmp_path / f"{stem}.html").read_text()
+        assert page.startswith("<!DOCTYPE html>") and page.count("<tr>") == n + 1, stem   # header + rows
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
@@ -313,6 +316,21 @@ def test_mean_std_over_seeds_and_labels(tree, tmp_path):
     assert "\\toprule" in tex and "$\\pm$" in tex and "NPO+GDR" in tex
     ablation = (tmp_path / "prism_ablation.md").read_text()
     assert "gcd=false" in ablation and "gcd=true" in ablation
+
+
+def test_summary_html_holds_every_summary_table_escaped(tree, tmp_path):
+    """summary.html (what the Snakemake report shows) has the same tables and cells as summary.md."""
+    _, _, df = tree
+    write_tables(df, tmp_path)
+    md, page = (tmp_path / "summary.md").read_text(), (tmp_path / "summary.html").read_text()
+    n_tables = sum(1 for ln in md.splitlines() if ln.startswith("|:"))
+    assert n_tables >= 3 and page.count("<table>") == n_tables
+    assert page.count("<tr>") == sum(1 for ln in md.splitlines() if ln.startswith("| "))
+    assert "0.300 ± 0.141" in page and "<h1>Results summary: synthetic</h1>" in page
+    assert "<script" not in page and "http" not in page          # self-contained, nothing fetched
+    from robust_unlearning.report.tables import Table
+    t = Table("x", "a <b> & c", ["Method", "v"], [["<img src=x>", "1"]]).html()
+    assert "&lt;img src=x&gt;" in t and "<img" not in t and "a &lt;b&gt; &amp; c" in t
 
 
 def test_tables_are_deterministic(tree, tmp_path):

@@ -18,15 +18,18 @@ rule aggregate:
             category="6. Aggregate",
             subcategory="Tidy metrics",
         ),
-        summary=report(
-            f"{B}/tables/summary.md",
+        summary=f"{B}/tables/summary.md",
+        # the report's viewer shows HTML and images (Markdown and CSV only as downloads): every table is also
+        # written as a self-contained HTML page, and those are what the report lists
+        summary_html=report(
+            f"{B}/tables/summary.html",
             caption="../report/summary.rst",
             category="6. Aggregate",
             subcategory="Summary",
         ),
         tables=report(
             directory(f"{B}/tables/paper"),
-            patterns=["{name}.md"],
+            patterns=["{name}.html"],
             caption="../report/tables.rst",
             category=report_category,
             subcategory="Paper tables",

@@ -1,4 +1,5 @@
-"""Tables from the tidy frame: ``metrics.csv``, ``summary.md`` and paper-style Markdown + LaTeX tables.
+"""Tables from the tidy frame: ``metrics.csv``, ``summary.{md,html}`` and paper-style Markdown, LaTeX and HTML
+tables (the HTML versions are what ``snakemake --report`` shows: its viewer displays HTML, not Markdown).
 
 Every cell is a pool over seeds (and over weight-noise draws, whose ``seed`` attack parameter is pooled
 like a model seed, evaluation.md §7.9): ``mean`` for one value, ``mean ± std`` (ddof 1) for several.
@@ -6,13 +7,15 @@ A cell with no value shows why: ``missing``, ``diverged`` or ``failed``; ``†``
 seeds that succeeded when others did not; ``–`` means not run / not applicable.
 
 Files (each written atomically, skipped with a logged note when its data is absent):
-``metrics.csv``, ``summary.md``, ``main.{md,tex}``, ``relearning.{md,tex}``, ``prompt_attacks.{md,tex}``,
-``whitebox.{md,tex}``, ``prism_ablation.{md,tex}``.
+``metrics.csv``, ``summary.{md,html}``, ``main.{md,tex,html}``, ``relearning.*``, ``prompt_attacks.*``,
+``whitebox.*``, ``prism_ablation.*``.
 """
 from __future__ import annotations
 
+import html
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +56,18 @@ class Table:
             lines += [""] + [f"_{n}_" for n in self.notes]
         return "\n".join(lines) + "\n"
 
+    def html_fragment(self) -> str:
+        def row(cells, tag):
+            return "<tr>" + "".join(f"<{tag} class=\"{'l' if i < self.n_left else 'r'}\">{html.escape(c)}</{tag}>"
+                                    for i, c in enumerate(cells)) + "</tr>"
+        body = "".join(row(r, "td") for r in self.rows)
+        notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in self.notes)
+        return (f"<table><caption>{html.escape(self.caption)}</caption><thead>{row(self.header, 'th')}</thead>"
+                f"<tbody>{body}</tbody></table>{notes}\n")
+
+    def html(self) -> str:
+        return html_page(self.caption, self.html_fragment())
+
     @property
     def n_left(self) -> int:
         return sum(1 for h in self.header if h in ("Method", "Params", "Metric", "Seeds", "Ablation", "Setting"))
@@ -70,6 +85,51 @@ class Table:
             out.append("\\par\\smallskip\\footnotesize " + " ".join(tex_escape(n) for n in self.notes))
         out.append("\\end{table}")
         return "\n".join(out) + "\n"
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;font-size:14px;margin:1.5em;color:#222}"
+        "table{border-collapse:collapse;margin:0.5em 0 1.5em}caption{font-weight:600;text-align:left;padding:4px 0}"
+        "th,td{padding:3px 10px;border-bottom:1px solid #ddd;white-space:nowrap}th{border-bottom:2px solid #555}"
+        "td.r,th.r{text-align:right;font-variant-numeric:tabular-nums}td.l,th.l{text-align:left}"
+        "tbody tr:nth-child(even){background:#f6f6f6}p.note{font-style:italic;color:#555}"
+        "code{background:#f0f0f0;padding:0 3px}")
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained HTML page (inline CSS, no script, nothing fetched)."""
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>\n{body}</body></html>\n")
+
+
+def _inline_html(text: str) -> str:
+    """The inline Markdown the summary uses (`code`, **bold**) as HTML, everything else escaped."""
+    out = html.escape(text)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
+def markdown_lines_html(lines: list[str]) -> str:
+    """The summary's own text lines (``# h``, ``## h``, ``- item``, ``_note_``, paragraphs) as HTML."""
+    out, in_list = [], False
+    for line in lines:
+        if line.startswith("- ") != in_list:
+            out.append("<ul>" if not in_list else "</ul>")
+            in_list = not in_list
+        if not line.strip():
+            continue
+        if line.startswith("## "):
+            out.append(f"<h2>{_inline_html(line[3:])}</h2>")
+        elif line.startswith("# "):
+            out.append(f"<h1>{_inline_html(line[2:])}</h1>")
+        elif line.startswith("- "):
+            out.append(f"<li>{_inline_html(line[2:])}</li>")
+        elif len(line) > 2 and line.startswith("_") and line.endswith("_"):
+            out.append(f"<p class=\"note\">{_inline_html(line[1:-1])}</p>")
+        else:
+            out.append(f"<p>{_inline_html(line)}</p>")
+    if in_list:
+        out.append("</ul>")
+    return "\n".join(out) + "\n"
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
@@ -287,13 +347,14 @@ def _also_measured(where: str, names: list[str]) -> list[str]:
             + ", ".join(f"`{m}`" for m in names) + ".", ""]
 
 
-def summary_markdown(df: pd.DataFrame, benchmark: str | None = None) -> str:
-    """Clean models (grouped, narrow tables), then each forget metric under every attack next to its clean value."""
+def _summary_blocks(df: pd.DataFrame, benchmark: str | None = None) -> list:
+    """Clean models (grouped, narrow tables), then each forget metric under every attack next to its clean value:
+    text lines and :class:`Table` objects, in order."""
     cells = Cells(df)
     bench = benchmark or (df["benchmark"].iat[0] if not df.empty else "?")
     out = [f"# Results summary: {bench}", ""]
     if df.empty:
-        return "\n".join(out + ["No results found.", ""])
+        return out + ["No results found.", ""]
     counts = df["status"].value_counts()
     out += ["Rows: " + ", ".join(f"{k} {int(counts[k])}" for k in sorted(counts.index)) + ".",
             "Cells: mean ± std over seeds where there are several; `–` not run.", ""]
@@ -305,7 +366,7 @@ def summary_markdown(df: pd.DataFrame, benchmark: str | None = None) -> str:
             rows = [_label(m, p, cells) + [cells.text(m, p, NONE_ATTACK, DEFAULT_PARAMS, x) for x in cols]
                     for m, p in configs]
             out.append(Table(f"summary_clean_{i}", title, ["Method", "Params", "Seeds"] +
-                             [_mlabel(x) for x in cols], rows).markdown())
+                             [_mlabel(x) for x in cols], rows))
     shown = {m for _, names in SUMMARY_GROUPS for m in names}
     out += _also_measured("on the clean models", [m for m in clean if m not in shown])
     attacks = sorted({a for a in cells.df["attack"] if a != NONE_ATTACK}, key=attack_key)
@@ -320,7 +381,7 @@ def summary_markdown(df: pd.DataFrame, benchmark: str | None = None) -> str:
         if rows:
             out.append(Table(f"summary_{metric}", f"Under attack: {_mlabel(metric)} ({metric})",
                              ["Method", "Params", "Seeds"] + (["clean"] if has_clean else [])
-                             + [setting_label(a, s) for a, s in cols], rows).markdown())
+                             + [setting_label(a, s) for a, s in cols], rows))
     out += _also_measured("under attack", [m for m in measured if m not in SUMMARY_ATTACK_METRICS])
     bad = df[df["status"] != "ok"]
     if not bad.empty:
@@ -333,7 +394,27 @@ def summary_markdown(df: pd.DataFrame, benchmark: str | None = None) -> str:
         out += [f"_{US_DEFINITION}_", ""]
     if cells.partial:
         out += [f"_{PARTIAL_NOTE}_", ""]
-    return "\n".join(out)
+    return out
+
+
+def summary_markdown(df: pd.DataFrame, benchmark: str | None = None) -> str:
+    """``summary.md``: the summary blocks as Markdown."""
+    return "\n".join(b.markdown() if isinstance(b, Table) else b for b in _summary_blocks(df, benchmark))
+
+
+def summary_html(df: pd.DataFrame, benchmark: str | None = None) -> str:
+    """``summary.html``: the same blocks as one self-contained page (what the Snakemake report shows)."""
+    parts, lines = [], []
+    for b in _summary_blocks(df, benchmark) + [None]:
+        if isinstance(b, str):
+            lines.append(b)
+            continue
+        parts.append(markdown_lines_html(lines))
+        lines = []
+        if b is not None:
+            parts.append(b.html_fragment())
+    bench = benchmark or (df["benchmark"].iat[0] if not df.empty else "?")
+    return html_page(f"Results summary: {bench}", "".join(parts))
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -365,12 +446,13 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike, csv_path: str | o
     bench = df["benchmark"].iat[0] if not df.empty else None
     summary = Path(summary_path) if summary_path else out / "summary.md"
     atomic_write_text(summary, summary_markdown(df, bench))
-    written.append(summary)
+    atomic_write_text(summary.with_suffix(".html"), summary_html(df, bench))
+    written += [summary, summary.with_suffix(".html")]
     for name, table in build_tables(df).items():
-        for ext, text in (("md", table.markdown()), ("tex", table.latex())):
+        for ext, text in (("md", table.markdown()), ("tex", table.latex()), ("html", table.html())):
             atomic_write_text(out / f"{name}.{ext}", text)
             written.append(out / f"{name}.{ext}")
     return written
 
 
-__all__ = ["Table", "Cells", "build_tables", "summary_markdown", "write_tables", "tex_escape"]
+__all__ = ["Table", "Cells", "build_tables", "summary_markdown", "summary_html", "write_tables", "tex_escape"]
