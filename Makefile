@@ -36,7 +36,7 @@ dryrun: setup
 	$(BIN)/snakemake -n --cores $(CORES) --workflow-profile workflow/profiles/default
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
