@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..utils.io import atomic_write_jsonl, atomic_write_text
 from .registry import EvalContext, record, register_metric
 
 
@@ -107,8 +108,8 @@ def write_local_tasks(task: str, rows: Sequence[dict], out_dir: str | Path, task
     local = f"ru_local_{task}"
     if kind == "TASK" and entry.yaml_path is not None:
         data = out_dir / f"{local}.jsonl"
-        _write_jsonl(data, _clean_rows(rows))
-        (out_dir / f"{local}.yaml").write_text(_task_yaml(local, Path(entry.yaml_path), data))
+        atomic_write_jsonl(data, _clean_rows(rows))
+        atomic_write_text(out_dir / f"{local}.yaml", _task_yaml(local, Path(entry.yaml_path), data))
         return local
     if kind not in ("GROUP", "TAG"):
         raise ValueError(f"evaluation.lm_eval_tasks: {task!r} is a {kind.lower()} lm-eval task; only YAML tasks and "
@@ -124,18 +125,13 @@ def write_local_tasks(task: str, rows: Sequence[dict], out_dir: str | Path, task
                              f"of its tasks ({task}_<subject>), got subject {subject!r} ({len(sub_rows)} rows)")
         name = f"{local}_{subject}"
         data = out_dir / f"{name}.jsonl"
-        _write_jsonl(data, _clean_rows(sub_rows))
-        (out_dir / f"{name}.yaml").write_text(_task_yaml(name, Path(leaf.yaml_path), data))
+        atomic_write_jsonl(data, _clean_rows(sub_rows))
+        atomic_write_text(out_dir / f"{name}.yaml", _task_yaml(name, Path(leaf.yaml_path), data))
         leaves.append(name)
-    (out_dir / f"{local}.yaml").write_text(
-        f"group: {local}\ntask:\n" + "".join(f"  - {n}\n" for n in leaves)
+    atomic_write_text(
+        out_dir / f"{local}.yaml", f"group: {local}\ntask:\n" + "".join(f"  - {n}\n" for n in leaves)
         + "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\n")
     return local
-
-
-def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    import json
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def lm_eval_on_rows(model, tokenizer, task: str, rows: Sequence[dict], *, batch_size: int = 16,

@@ -92,7 +92,7 @@ _CSS = ("body{font-family:system-ui,sans-serif;font-size:14px;margin:1.5em;color
         "th,td{padding:3px 10px;border-bottom:1px solid #ddd;white-space:nowrap}th{border-bottom:2px solid #555}"
         "td.r,th.r{text-align:right;font-variant-numeric:tabular-nums}td.l,th.l{text-align:left}"
         "tbody tr:nth-child(even){background:#f6f6f6}p.note{font-style:italic;color:#555}"
-        "code{background:#f0f0f0;padding:0 3px}")
+        "p{line-height:1.6}code{background:#f0f0f0;padding:0 3px}")
 
 
 def html_page(title: str, body: str) -> str:
