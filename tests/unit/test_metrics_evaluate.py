@@ -94,7 +94,8 @@ def test_eval_config_validation():
 @pytest.mark.parametrize("bad,key", [({"lm_eval_tasks": ["wmdp_bio"]}, "lm_eval_tasks"),
                                      ({"lm_eval_tasks": {"unknown_split": "wmdp_bio"}}, "lm_eval_tasks"),
                                      ({"lm_eval_tasks": {"forget": ""}}, "lm_eval_tasks"),
-                                     ({"lm_eval_include_path": 3}, "lm_eval_include_path")])
+                                     ({"lm_eval_include_path": 3}, "lm_eval_include_path"),
+                                     ({"lm_eval_data": "web"}, "lm_eval_data")])
 def test_lm_eval_keys_are_validated_and_named(bad, key):
     with pytest.raises(EvalConfigError, match=key):
         EvalConfig.from_dict(bad)

@@ -145,7 +145,8 @@ def lm_eval_on_rows(model, tokenizer, task: str, rows: Sequence[dict], *, batch_
     with tempfile.TemporaryDirectory(prefix="ru_lm_eval_") as tmp:
         extra = [str(include_path)] if include_path else []
         name = write_local_tasks(task, rows, tmp, TaskManager(include_path=extra or None))
-        manager = TaskManager(include_path=[tmp] + extra)
+        # our copies `include` lm-eval's files by absolute path: the built-in index is not needed a second time
+        manager = TaskManager(include_path=[tmp] + extra, include_defaults=False)
         res = lm_eval_mcq(model, tokenizer, [name], batch_size=batch_size, limit=limit,
                           add_bos_token=add_bos_token, task_manager=manager)[name]
     prefix = f"ru_local_{task}_"
