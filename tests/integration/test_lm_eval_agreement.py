@@ -197,5 +197,7 @@ def test_the_wmdp_preset_scores_wmdp_and_mmlu_with_lm_eval_offline(tmp_path):
         ours_in_lm_eval_order = [o["pred"] for t in sorted(set(tasks)) for o, tt in zip(ours, tasks) if tt == t]
         assert [int(it["output"]) for it in theirs] == ours_in_lm_eval_order   # lm-eval: subject by subject
         assert sorted({it["meta"]["task"] for it in theirs}) == sorted(set(tasks))
+        by_row = {int(it["item_id"].rsplit("#", 1)[1]): int(it["output"]) for it in theirs}   # ids = row index
+        assert [by_row[i] for i in range(len(ours))] == [o["pred"] for o in ours]
         assert metrics[f"{split}_mcq_acc_letter"] == pytest.approx(sum(o["pred"] == o["gold"] for o in ours)
                                                                    / len(ours))

@@ -92,12 +92,13 @@ def _task_yaml(name: str, include: Path, data: Path) -> str:
             "test_split: test\nvalidation_split: null\ntraining_split: null\nfewshot_split: null\n")
 
 
-def write_local_tasks(task: str, rows: Sequence[dict], out_dir: str | Path, task_manager) -> str:
+def write_local_tasks(task: str, rows: Sequence[dict], out_dir: str | Path, task_manager) -> tuple[str, list[int]]:
     """lm-eval's task ``task`` over OUR prepared rows (``{question, choices, answer[, subject]}``): a copy of its
     YAML that ``include``s lm-eval's own file and reads the documents from a JSONL written here. Returns the name
     to run. For a group whose leaves are per subject (``mmlu`` → ``mmlu_<subject>``), the rows are split by their
     ``subject`` field into one leaf each, under a group with lm-eval's size-weighted aggregate. Offline by
-    construction: nothing is fetched, and the scored documents are exactly the run's own."""
+    construction: nothing is fetched, and the scored documents are exactly the run's own. Also returns, for each
+    document in lm-eval's order (leaf by leaf), the index of its row in ``rows``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     index = task_manager.task_index
@@ -110,15 +111,16 @@ def write_local_tasks(task: str, rows: Sequence[dict], out_dir: str | Path, task
         data = out_dir / f"{local}.jsonl"
         atomic_write_jsonl(data, _clean_rows(rows))
         atomic_write_text(out_dir / f"{local}.yaml", _task_yaml(local, Path(entry.yaml_path), data))
-        return local
+        return local, list(range(len(rows)))
     if kind not in ("GROUP", "TAG"):
         raise ValueError(f"evaluation.lm_eval_tasks: {task!r} is a {kind.lower()} lm-eval task; only YAML tasks and "
                          "groups of per-subject tasks can read the run's own rows (set lm_eval_data: hub)")
-    by_subject: dict[str, list[dict]] = {}
-    for r in rows:
-        by_subject.setdefault(str(r.get("subject") or ""), []).append(r)
-    leaves = []
-    for subject, sub_rows in sorted(by_subject.items()):
+    by_subject: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_subject.setdefault(str(r.get("subject") or ""), []).append(i)
+    leaves, order = [], []
+    for subject, idx in sorted(by_subject.items()):
+        sub_rows = [rows[i] for i in idx]
         leaf = index.get(f"{task}_{subject}")
         if not subject or leaf is None or leaf.yaml_path is None:
             raise ValueError(f"evaluation.lm_eval_tasks: {task!r} is a group; each row needs a 'subject' naming one "
@@ -128,29 +130,30 @@ def write_local_tasks(task: str, rows: Sequence[dict], out_dir: str | Path, task
         atomic_write_jsonl(data, _clean_rows(sub_rows))
         atomic_write_text(out_dir / f"{name}.yaml", _task_yaml(name, Path(leaf.yaml_path), data))
         leaves.append(name)
+        order += idx
     atomic_write_text(
         out_dir / f"{local}.yaml", f"group: {local}\ntask:\n" + "".join(f"  - {n}\n" for n in leaves)
         + "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\n")
-    return local
+    return local, order
 
 
 def lm_eval_on_rows(model, tokenizer, task: str, rows: Sequence[dict], *, batch_size: int = 16,
-                    limit: int | None = None, add_bos_token: bool = False,
-                    include_path: str | Path | None = None) -> dict[str, Any]:
+                    add_bos_token: bool = False, include_path: str | Path | None = None) -> dict[str, Any]:
     """:func:`lm_eval_mcq` of lm-eval's ``task`` (or group) over ``rows`` (see :func:`write_local_tasks`);
-    ``include_path`` adds local task YAMLs to look ``task`` up in."""
+    ``include_path`` adds local task YAMLs to look ``task`` up in. ``row_index`` maps each document to its row."""
     import tempfile
 
     _, _, TaskManager = _harness()
     with tempfile.TemporaryDirectory(prefix="ru_lm_eval_") as tmp:
         extra = [str(include_path)] if include_path else []
-        name = write_local_tasks(task, rows, tmp, TaskManager(include_path=extra or None))
+        name, order = write_local_tasks(task, rows, tmp, TaskManager(include_path=extra or None))
         # our copies `include` lm-eval's files by absolute path: the built-in index is not needed a second time
         manager = TaskManager(include_path=[tmp] + extra, include_defaults=False)
-        res = lm_eval_mcq(model, tokenizer, [name], batch_size=batch_size, limit=limit,
-                          add_bos_token=add_bos_token, task_manager=manager)[name]
+        res = lm_eval_mcq(model, tokenizer, [name], batch_size=batch_size, add_bos_token=add_bos_token,
+                          task_manager=manager)[name]
     prefix = f"ru_local_{task}_"
     res["tasks"] = [t[len(prefix):] if t.startswith(prefix) else task for t in res["tasks"]]
+    res["row_index"] = order
     return res
 
 
@@ -165,15 +168,17 @@ def mcq_lm_eval_metric(ctx: EvalContext, split: str):
     task = (ctx.cfg.lm_eval_tasks or {}).get(split)
     if not task:
         return {}, []
-    kw = dict(batch_size=ctx.cfg.batch_size, limit=ctx.cfg.max_items_for("mcq_lm_eval"),
-              add_bos_token=ctx.cfg.mcq_bos)
+    kw = dict(batch_size=ctx.cfg.batch_size, add_bos_token=ctx.cfg.mcq_bos,
+              include_path=ctx.cfg.lm_eval_include_path)
     if ctx.cfg.lm_eval_data == "split":  # max_items cuts the rows (lm-eval's `limit` would cut each subject)
-        res = lm_eval_on_rows(ctx.model, ctx.tokenizer, task, ctx.limit(ctx.bench.mcq(split), "mcq_lm_eval"),
-                              include_path=ctx.cfg.lm_eval_include_path, **{**kw, "limit": None})
+        res = lm_eval_on_rows(ctx.model, ctx.tokenizer, task, ctx.limit(ctx.bench.mcq(split), "mcq_lm_eval"), **kw)
     else:
-        res = lm_eval_mcq(ctx.model, ctx.tokenizer, [task], include_path=ctx.cfg.lm_eval_include_path, **kw)[task]
+        res = lm_eval_mcq(ctx.model, ctx.tokenizer, [task], limit=ctx.cfg.max_items_for("mcq_lm_eval"), **kw)[task]
     name = f"{split}_mcq_acc_letter"
+    # item ids: the split's row index when the rows are ours (so they line up with mcq_letter's items), else
+    # lm-eval's document order
+    index = res.get("row_index") or range(len(res["preds"]))
     items = [record(f"lm_eval/{t}#{i}", split, name, f"{t}#{i}", str(p), float(p == g),
                     {"task": t, "gold": g, "logprobs": lp})
-             for i, (t, p, g, lp) in enumerate(zip(res["tasks"], res["preds"], res["golds"], res["logprobs"]))]
+             for i, t, p, g, lp in zip(index, res["tasks"], res["preds"], res["golds"], res["logprobs"])]
     return {name: res["acc"]}, items
