@@ -1,18 +1,12 @@
-"""Shared fakes for the attack tests (an in-memory benchmark) and private fallbacks for APIs other parts of the
-library provide (judges, metrics.generation.generate, methods.finetune), installed only when those are missing.
+"""Shared fakes for the attack tests (an in-memory benchmark, not library code) and a check that the library APIs
+the attacks call (judges, metrics.generation.generate, methods.finetune, data.unlearning_sets) are the real ones:
+nothing is ever substituted for them.
 
-Loaded by the other test_attacks_* modules with ``load_support()``; holds no tests itself.
+Imported by the other test_attacks_* modules; its one test is that check.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
-import math
-import random
-import re
-import sys
-import types
-import unicodedata
 
 import pytest
 import torch
@@ -117,119 +111,31 @@ class FakeBench:
         return list(meta.get("aliases") or [])
 
 
-# ------------------------------------------------------------------------------------- private fallbacks
-def _norm(s):
-    s = unicodedata.normalize("NFKC", s).lower()
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", s).split())
+# ------------------------------------------------------------------------------------- real APIs only
+#: the library functions the attack tests go through; no stand-in is ever substituted, so a missing or renamed
+#: function fails the test that needs it instead of being papered over
+REAL_APIS = {"robust_unlearning.judges": ("answer_match", "keyword_refusal"),
+             "robust_unlearning.metrics.generation": ("generate",),
+             "robust_unlearning.methods": ("finetune",),
+             "robust_unlearning.data.unlearning_sets": ("build_examples", "relearn_subset", "forget_fingerprint")}
 
 
-def _answer_match(response, aliases):
-    r = " " + _norm(response) + " "
-    return any(_norm(a) and (" " + _norm(a) + " ") in r for a in aliases)
+def require_real_apis(*_ignored) -> list[str]:
+    """Import every API in :data:`REAL_APIS` (ImportError / AssertionError naming it when one is missing); returns
+    [] (nothing is faked). The attack tests still call it under its old names below."""
+    for module, names in REAL_APIS.items():
+        mod = importlib.import_module(module)
+        missing = [n for n in names if not callable(getattr(mod, n, None))]
+        assert not missing, f"{module} lacks {missing}: the attack code calls them"
+    return []
 
 
-def _keyword_refusal(response, variant="substring"):
-    return any(k in response.lower() for k in ("i cannot", "i can't", "sorry", "no."))
+# older names kept for the attack test modules that call them; they only check, they patch nothing
+install_fallbacks = patch_unlearning_sets = require_real_apis
 
 
-def _generate(model, tokenizer, prompts, max_new_tokens, do_sample=False, temperature=1.0, top_p=1.0,
-              batch_size=32, seed=0, add_special_tokens=True, stop_ids=None, seeds=None, **_kw):
-    outs = []
-    for s in range(0, len(prompts), batch_size):
-        chunk = prompts[s:s + batch_size]
-        enc = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in chunk]
-        w = max(map(len, enc))
-        ids = torch.tensor([[tokenizer.pad_token_id] * (w - len(e)) + e for e in enc])
-        att = torch.tensor([[0] * (w - len(e)) + [1] * len(e) for e in enc])
-        torch.manual_seed(seed)
-        gen = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                             temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
-                             eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
-        outs.extend(tokenizer.decode(g[w:], skip_special_tokens=True) for g in gen)
-    return outs
-
-
-def _finetune(model, tokenizer, examples, steps, lr, batch_size, seed, schedule="cosine", checkpoint_dir=None,
-              log_path=None):
-    g = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    order = []
-    model.train()
-    for step in range(steps):
-        if len(order) < batch_size:
-            nxt = list(range(len(examples)))
-            g.shuffle(nxt)
-            order += nxt
-        idx, order = order[:batch_size], order[batch_size:]
-        b = pad_batch([examples[i] for i in idx], tokenizer.pad_token_id)
-        for pg in opt.param_groups:
-            pg["lr"] = lr * (0.5 * (1 + math.cos(math.pi * step / steps)) if schedule == "cosine" else 1.0)
-        loss = model(**b).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return {"steps": steps}
-
-
-def _module(name):
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
-def install_fallbacks(monkeypatch) -> list[str]:
-    """Patch in private stand-ins for APIs not written yet; returns the names that were faked."""
-    faked = []
-    judges = _module("robust_unlearning.judges")
-    if judges is None or not hasattr(judges, "answer_match"):
-        monkeypatch.setattr(judges, "answer_match", _answer_match, raising=False)
-        faked.append("judges.answer_match")
-    if not hasattr(judges, "keyword_refusal"):
-        monkeypatch.setattr(judges, "keyword_refusal", _keyword_refusal, raising=False)
-        faked.append("judges.keyword_refusal")
-    gen = _module("robust_unlearning.metrics.generation")
-    if gen is None or not hasattr(gen, "generate"):
-        if gen is None:
-            gen = types.ModuleType("robust_unlearning.metrics.generation")
-            monkeypatch.setitem(sys.modules, "robust_unlearning.metrics.generation", gen)
-            monkeypatch.setattr(importlib.import_module("robust_unlearning.metrics"), "generation", gen, raising=False)
-        monkeypatch.setattr(gen, "generate", _generate, raising=False)
-        faked.append("metrics.generation.generate")
-    methods = _module("robust_unlearning.methods")
-    if methods is None or not hasattr(methods, "finetune"):
-        monkeypatch.setattr(methods, "finetune", _finetune, raising=False)
-        faked.append("methods.finetune")
-    return faked
-
-
-def patch_unlearning_sets(monkeypatch):
-    """Stand-ins for data.unlearning_sets, only while that module is missing (the real one works on FakeBench)."""
-    us = _module("robust_unlearning.data.unlearning_sets")
-    if us is not None and all(hasattr(us, n) for n in ("build_examples", "relearn_subset", "forget_fingerprint")):
-        return
-    if us is None:
-        us = types.ModuleType("robust_unlearning.data.unlearning_sets")
-        monkeypatch.setitem(sys.modules, "robust_unlearning.data.unlearning_sets", us)
-        monkeypatch.setattr(importlib.import_module("robust_unlearning.data"), "unlearning_sets", us, raising=False)
-
-    def build_examples(bench, tokenizer, split, source, max_len):
-        docs = bench.raw({"forget": "forget", "retain": "retain1"}[split])
-        return [encode_text(tokenizer, d, max_len) for d in docs]
-
-    def relearn_subset(examples, fraction, seed):
-        n = max(1, round(fraction * len(examples)))
-        idx = sorted(random.Random(seed).sample(range(len(examples)), n))
-        return [examples[i] for i in idx]
-
-    def forget_fingerprint(bench, split, source="raw"):
-        docs = bench.raw({"forget": "forget", "retain": "retain1"}[split])
-        return hashlib.sha256("\n\n".join(docs).encode()).hexdigest()
-
-    for name, fn in (("build_examples", build_examples), ("relearn_subset", relearn_subset),
-                     ("forget_fingerprint", forget_fingerprint)):
-        monkeypatch.setattr(us, name, fn, raising=False)
+def test_attack_dependencies_are_the_real_ones():
+    require_real_apis()
 
 
 def save_tiny(model, tokenizer, path):
