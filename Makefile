@@ -38,11 +38,13 @@ dryrun: setup
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
+# everything not marked `slow` (no Snakemake pipeline run): unit tests, the fast reliability and integration ones
 test-fast: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
 
+# RU_REQUIRE_SLURM: a cluster that cannot be installed or started fails here instead of skipping
 test-slurm: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m slurm tests/slurm
+	RU_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m slurm tests/slurm
 
 bench: setup
 	$(BIN)/python -m robust_unlearning.bench --out results/bench

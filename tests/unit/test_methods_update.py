@@ -288,9 +288,20 @@ def test_bench_methods_side_by_side(micro_model, tiny_tokenizer, data):
     out = bench_methods(micro_model, tiny_tokenizer, forget, retain, steps=2, batch_size=2,
                         methods=["npo_gdr", "prism", "rmu"])
     assert set(out) == {"npo_gdr", "prism", "rmu"}
-    assert out["npo_gdr"]["step_ratio_vs_npo_gdr"] == 1.0
-    assert out["prism"]["passes_per_step"] == {"policy_forward": 3.0, "policy_backward": 3.0}
-    assert all(v["peak_mem_mb"] > 0 and v["state_mem_mb"] > 0 and v["s_per_step"] > 0 for v in out.values())
+    npo, prism, rmu = out["npo_gdr"], out["prism"], out["rmu"]
+    # PRISM makes 3 fwd+bwd passes where NPO+GDR makes 2 (method.md §12), and measures itself against NPO+GDR
+    assert npo["passes_per_step"] == {"policy_forward": 2.0, "policy_backward": 2.0}
+    assert prism["passes_per_step"] == {"policy_forward": 3.0, "policy_backward": 3.0}
+    assert prism["step_ratio_vs_npo_gdr"] == pytest.approx(prism["s_per_step"] / npo["s_per_step"])
+    assert rmu["step_ratio_vs_npo_gdr"] == pytest.approx(rmu["s_per_step"] / npo["s_per_step"])
+    # state memory by hand, P = parameter bytes: weights + gradients + AdamW's two moments + one spare
+    # gradient-sized buffer = 5P for NPO+GDR; PRISM holds the same (its one buffer serves both SAM and GCD, plus
+    # a probe of a few floats); RMU trains one layer's MLP only, so it holds far less
+    p_mb = sum(p.numel() * p.element_size() for p in micro_model.parameters()) / 2**20
+    assert npo["state_mem_mb"] == pytest.approx(5 * p_mb, rel=2e-3)
+    assert npo["state_mem_mb"] <= prism["state_mem_mb"] <= npo["state_mem_mb"] * 1.01
+    assert rmu["state_mem_mb"] < 0.5 * npo["state_mem_mb"]
+    assert all(v["peak_mem_mb"] > 0 and v["s_per_step"] > 0 for v in out.values())
 
 
 def test_nan_in_sam_second_pass_restores_theta(micro_model, tiny_tokenizer, data):
