@@ -248,28 +248,26 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]], 
     return [s.logprob for s in score_continuations(model, tokenizer, list(pairs), batch_size=batch_size)]
 
 
-def cloze_accuracy(model, tokenizer, items: Sequence[dict], context_ids: Callable[[dict], list[int]] | None = None,
-                   bos: bool = False, batch_size: int = 64) -> tuple[float, list[bool]]:
-    """Cloze MCQ accuracy (evaluation.md §2.2): context "Question: {q}\nAnswer:", continuation " " + choice
-    (lm-eval pair encoding); ``context_ids(item)`` lets an attack supply its own context ids (e.g. with an
-    adversarial string inserted) while the continuation ids stay those of the clean pair."""
-    from ..metrics.generation import encode_pair
+def mcq_with_clean(model, tokenizer, bench, eval_cfg: dict | None, splits: Sequence[str] = ("forget",),
+                   edit_context: Callable | None = None, hooks: Callable | None = None) -> dict[str, float]:
+    """The evaluation's own MCQ metrics (``metrics.mcq.mcq_under_attack``: the one scorer, with the evaluation's
+    rows, norm and BOS) under the attack — ``edit_context`` changes every context, ``hooks()`` opens the
+    attack's forward hooks — and clean; adds ``<name>_clean`` and the gain (``forget_mcq_gain``,
+    ``forget_mcq_letter_gain``) for each primary accuracy. At zero strength the attacked value equals the clean
+    evaluation's exactly."""
+    from ..metrics.mcq import mcq_under_attack
 
-    pairs = []
-    for it in items:
-        for choice in it["choices"]:
-            ctx, cont = encode_pair(tokenizer, f"Question: {it['question']}\nAnswer:", " " + choice, bos)
-            if context_ids is not None:
-                ctx = list(context_ids(it))
-            pairs.append((ctx, cont))
-    scores = score_pairs(model, tokenizer, pairs, batch_size)
-    correct, pos = [], 0
-    for it in items:
-        n = len(it["choices"])
-        sums = scores[pos:pos + n]
-        pos += n
-        correct.append(max(range(n), key=lambda j: sums[j]) == it["answer_idx"])
-    return (sum(correct) / len(correct) if correct else 0.0), correct
+    with (hooks() if hooks is not None else contextlib.nullcontext()):
+        att, _ = mcq_under_attack(model, tokenizer, bench, eval_cfg, splits, edit_context)
+    clean, _ = mcq_under_attack(model, tokenizer, bench, eval_cfg, splits)
+    out = dict(att)
+    for split in splits:
+        for name, gain in ((f"{split}_mcq_acc", f"{split}_mcq_gain"),
+                           (f"{split}_mcq_acc_letter", f"{split}_mcq_letter_gain")):
+            if name in att and name in clean:
+                out[f"{name}_clean"] = clean[name]
+                out[gain] = att[name] - clean[name]
+    return out
 
 
 # -------------------------------------------------------------------------------------------- prepare I/O

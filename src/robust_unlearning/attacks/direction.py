@@ -23,9 +23,9 @@ from typing import ClassVar, Literal, Optional, Sequence, Union
 import torch
 
 from ..utils.io import atomic_write_bytes, atomic_write_json, read_json
-from .common import (block_output_hook, capture_block_output, chat_prompt, cloze_accuracy, config_from_artefact,
+from .common import (block_output_hook, capture_block_output, chat_prompt, config_from_artefact,
                      decoder_blocks, encode_plain, forget_qa_items, generate_texts, item_record, judge_outputs,
-                     load_for_attack, model_device, pad_rows, rate_metrics, resolve_layer, seeded_subset,
+                     load_for_attack, mcq_with_clean, model_device, pad_rows, rate_metrics, resolve_layer, seeded_subset,
                      write_attack_json)
 from .config import AttackConfig
 from .registry import register_attack
@@ -193,16 +193,8 @@ class Direction:
                    "direction_norm": info["norm"]}
         if cfg.mode == "ablate":
             metrics["n_ablated_layers"] = len(ablate)
-        bos = bool((eval_cfg or {}).get("mcq_bos", False))
-        for split in ("forget", "retain"):
-            mcq = [it for it in forget_qa_items(bench, "mcq", split) if it.get("choices")]
-            if not mcq:
-                continue
-            with hooks():
-                acc, _ = cloze_accuracy(model, tokenizer, mcq, bos=bos)
-            acc_clean, _ = cloze_accuracy(model, tokenizer, mcq, bos=bos)
-            metrics.update({f"{split}_mcq_acc": acc, f"{split}_mcq_acc_clean": acc_clean,
-                            f"{split}_mcq_gain": acc - acc_clean})
+        # MCQ through the evaluation's own scorer and rows (metrics.mcq), under the hooks and clean
+        metrics.update(mcq_with_clean(model, tokenizer, bench, eval_cfg, ("forget", "retain"), hooks=hooks))
         records = [item_record(it["item_id"], p, o, s, judge_raw={"answer_match": s, "refusal": f},
                                meta={"mode": cfg.mode, "lam": cfg.lam, "clean_output": oc, "clean_success": sc})
                    for it, p, o, s, f, oc, sc in zip(items, prompts, outs, succ, refu, outs_clean, succ_clean)]

@@ -18,9 +18,9 @@ import torch
 
 from ..utils.io import atomic_write_json, read_json
 from ..utils.repro import derive_seed
-from .common import (chat_prompt, cloze_accuracy, config_from_artefact, encode_plain, forget_qa_items,
-                     generate_texts, item_record, judge_outputs, load_for_attack, model_device, rate_metrics,
-                     score_pairs, seeded_subset, target_nll, write_attack_json)
+from .common import (chat_prompt, config_from_artefact, encode_plain, forget_qa_items,
+                     generate_texts, item_record, judge_outputs, load_for_attack, mcq_with_clean, model_device,
+                     rate_metrics, score_pairs, seeded_subset, target_nll, write_attack_json)
 from .config import AttackConfig
 from .registry import register_attack
 
@@ -260,21 +260,10 @@ class GCG:
         held = [s for s, it in zip(succ, items) if it["item_id"] not in opt_ids]
         if held and opt_ids:
             metrics["asr_heldout"] = sum(held) / len(held)
-        mcq_items = [it for it in items if it.get("choices")]
-        if mcq_items:
-            bos = bool((eval_cfg or {}).get("mcq_bos", False))
-            prefix = [tokenizer.bos_token_id] if bos and tokenizer.bos_token_id is not None else []
-
-            def ctx(it):
-                if cfg.position == "suffix":
-                    return (prefix + encode_plain(tokenizer, f"Question: {it['question']}") + adv
-                            + encode_plain(tokenizer, "\nAnswer:"))
-                return prefix + adv + encode_plain(tokenizer, f" Question: {it['question']}\nAnswer:")
-
-            acc_att, _ = cloze_accuracy(model, tokenizer, mcq_items, context_ids=ctx, bos=bos)
-            acc_clean, _ = cloze_accuracy(model, tokenizer, mcq_items, bos=bos)
-            metrics.update({"forget_mcq_acc": acc_att, "forget_mcq_acc_clean": acc_clean,
-                            "forget_mcq_gain": acc_att - acc_clean})
+        # MCQ through the evaluation's own scorer and rows (metrics.mcq); the string sits after/before the question
+        from ..metrics.mcq import insert_ids
+        metrics.update(mcq_with_clean(model, tokenizer, bench, eval_cfg, ("forget",),
+                                      edit_context=insert_ids(tokenizer, adv, cfg.position)))
         metrics.update({"n_items": len(items), "n_opt_items": len(opt_ids)})
         records = [item_record(it["item_id"], tokenizer.decode(p), o, s, judge_raw={"answer_match": s, "refusal": f},
                                meta={"clean_output": oc, "clean_success": sc, "optimised_on": it["item_id"] in opt_ids,
