@@ -5,6 +5,7 @@ import dataclasses
 
 from . import losses as L
 from .base import LossMethod
+from .gradients import with_term_means
 from .registry import ConfigBase, num, register_method
 
 
@@ -19,6 +20,9 @@ class GA(LossMethod):
     @property
     def lambda_f(self) -> float:
         return 1.0
+
+    def run(self, trainer):
+        return with_term_means(trainer.train())   # run-level term metrics (0: no probe, SAM or GCD term)
 
     def forget_loss(self, ctx, mb):
         v = L.ga_loss(ctx.forward(mb).logits, mb.labels, denom=ctx.forget_tokens)

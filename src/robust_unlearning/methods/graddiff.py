@@ -5,6 +5,7 @@ import dataclasses
 
 from . import losses as L
 from .base import LossMethod
+from .gradients import with_term_means
 from .objectives import RetainTerm, check_retain
 from .registry import ConfigBase, choice, num, register_method
 
@@ -34,6 +35,9 @@ class GradDiff(LossMethod):
 
     def prepare(self, setup) -> None:
         self.retain.prepare(setup)
+
+    def run(self, trainer):
+        return with_term_means(trainer.train())   # run-level term metrics (0: no probe, SAM or GCD term)
 
     def forget_loss(self, ctx, mb):
         v = L.ga_loss(ctx.forward(mb).logits, mb.labels, denom=ctx.forget_tokens)

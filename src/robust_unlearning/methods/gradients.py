@@ -86,6 +86,70 @@ def accumulate_grad(loss_fn: Callable, microbatches: Iterable, phase: str = "",
     return totals
 
 
+def accumulate_split(loss_fn: Callable, microbatches: Iterable, params: Sequence[torch.Tensor],
+                     aux_buffer: Sequence[torch.Tensor], phase: str = "",
+                     on_backward: Callable[[], None] | None = None,
+                     on_aux_backward: Callable[[], None] | None = None) -> dict[str, float]:
+    """Two gradients from ONE forward per micro-batch: Σ_j ∇main_j accumulates in ``.grad``, Σ_j ∇aux_j in
+    ``aux_buffer`` (which the caller has zeroed).
+
+    ``loss_fn(mb)`` returns ``(main, aux, terms)``, both losses normalised over the logical batch. Used by PRISM
+    to keep ∇L_NPO and ∇L_probe apart, so that both norms can be logged and the relative γ can be set from them.
+    Cost: one extra backward of ``aux`` per micro-batch through the layers ``aux`` depends on (for the probe: the
+    layers up to the probe layer), and a transient copy of those gradients (``torch.autograd.grad``).
+    """
+    totals: dict[str, float] = {}
+    params = list(params)
+    for mb in microbatches:
+        main, aux, terms = loss_fn(mb)
+        values = {k: (float(v.detach()) if torch.is_tensor(v) else float(v)) for k, v in terms.items()}
+        for k, v in [*values.items(), ("main", float(main.detach())), ("aux", float(aux.detach()))]:
+            if not math.isfinite(v):
+                raise NonFiniteLoss(k if k not in ("main", "aux") else f"loss_{phase}_{k}", v, phase)
+        if aux.requires_grad:
+            ga = torch.autograd.grad(aux, params, retain_graph=main.requires_grad, allow_unused=True)
+            with torch.no_grad():
+                pairs = [(b, g) for b, g in zip(aux_buffer, ga) if g is not None]
+                if pairs:
+                    torch._foreach_add_([b for b, _ in pairs], [g for _, g in pairs])
+            del ga
+            if on_aux_backward is not None:
+                on_aux_backward()
+        if main.requires_grad:
+            main.backward()
+            if on_backward is not None:
+                on_backward()
+        for k, v in values.items():
+            totals[k] = totals.get(k, 0.0) + v
+    return totals
+
+
+# ------------------------------------------------------------------------------------------------- per-step terms
+
+#: Run-level means of per-step terms (written into run.json "cost" next to the cost numbers; report/collect.py).
+#: A method whose update has no such term (NPO has no probe term, no SAM perturbation, no GCD) reports 0.0:
+#: the term's share of its update is exactly zero. A term that exists but was never finite is NaN.
+TERM_METRICS = ("probe_grad_ratio", "sam_loss_gain", "gcd_removed_fraction")
+
+
+def term_means(rows: Sequence[dict]) -> dict[str, float]:
+    """Mean over the logged steps of each of :data:`TERM_METRICS` (non-finite steps skipped)."""
+    out = {}
+    for name in TERM_METRICS:
+        present = [r[name] for r in rows if name in r]
+        vals = [float(v) for v in present if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        out[name] = sum(vals) / len(vals) if vals else (math.nan if present else 0.0)
+    return out
+
+
+def with_term_means(res: dict) -> dict:
+    """``res`` of ``Trainer.train`` with :func:`term_means` of its log added to ``res["cost"]`` (NaN → None: JSON
+    has no NaN; the report reads None as a missing number)."""
+    means = term_means(res.get("log") or [])
+    res.setdefault("cost", {}).update({k: (None if math.isnan(v) else v) for k, v in means.items()})
+    return res
+
+
 # ------------------------------------------------------------------------------------------------- SAM
 
 def sam_perturb(params: Sequence[torch.Tensor], rho: float, buffer: Sequence[torch.Tensor],
@@ -152,6 +216,10 @@ def gcd_coefficients(g_f: Sequence[torch.Tensor], g_r: Sequence[torch.Tensor], s
         stats["gcd_frac_projected"] = sum(1 for c in coeffs if c != 0.0) / max(n, 1)
     else:
         raise ValueError(f"gcd_scope must be global, per_tensor or none, got {scope!r}")
+    if scope != "none":
+        # ‖g_f − g_f⊥‖/‖g_f‖ = ‖Σ_j c_j·g_r,j‖/‖g_f‖: how much of the forget gradient the projection removes
+        removed = math.sqrt(sum(c * c * r for c, r in zip(coeffs, rr)))
+        stats["gcd_removed_fraction"] = removed / stats["gnorm_f"] if stats["gnorm_f"] > 0 else math.nan
     return coeffs, stats
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from .base import LossMethod
+from .gradients import with_term_means
 from .objectives import NPOTerm, RetainTerm, check_npo, check_retain
 from .registry import ConfigBase, choice, num, register_method
 
@@ -44,6 +45,15 @@ class NPO(LossMethod):
         self.npo.prepare(setup)
         if self.retain is not None:
             self.retain.prepare(setup)
+
+    def step(self, ctx):
+        logs = super().step(ctx)
+        if "gnorm_f" in logs:   # with log_grad_stats: the forget gradient of NPO is ∇L_NPO
+            logs["gnorm_npo"] = logs["gnorm_f"]
+        return logs
+
+    def run(self, trainer):
+        return with_term_means(trainer.train())
 
     def forget_loss(self, ctx, mb):
         v = self.npo.loss(ctx, mb, ctx.forward(mb).logits)

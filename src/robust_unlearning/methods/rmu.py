@@ -15,6 +15,7 @@ import torch
 from ..utils.repro import derive_seed
 from . import losses as L
 from .base import LossMethod
+from .gradients import with_term_means
 from .registry import ConfigBase, ConfigError, num, register_method
 
 
@@ -144,6 +145,9 @@ class RMU(LossMethod):
         if self.cfg.mask_pads:
             return positions * h_dim
         return sum(m.input_ids.numel() for m in mbs) * h_dim
+
+    def run(self, trainer):
+        return with_term_means(trainer.train())   # run-level term metrics (0: no probe, SAM or GCD term)
 
     def forget_loss(self, ctx, mb):
         h = hidden_at(ctx.model, mb, self.cfg.layer, ctx.counters)

@@ -8,6 +8,11 @@ Phase-wise over the k micro-batches of one logical batch (§13.3):
   pass 3  g_r = ∇ℓ_r(θ)            accumulated in .grad
           .grad ← λ_f·P(g_f) + λ_r·g_r   (P = GCD projection or identity)
 One gradient-sized spare buffer in total (backup of θ, then g_f). With ρ = 0 pass 2 is skipped (g_f = g).
+
+Logged per step (each from quantities the step has anyway, no extra pass): ``gnorm_forget`` = ‖∇ℓ_f(θ)‖,
+``sam_delta_norm`` = ‖δ‖, ``sam_loss_gain`` = ℓ_f(θ+δ) − ℓ_f(θ) (what the perturbation adds to the forget loss),
+``cos_fr`` = cos(g_f, g_r) and, with a projection, ``gcd_removed_fraction`` = ‖g_f − P(g_f)‖/‖g_f‖.
+``first_pass`` replaces pass 1 (PRISM fills ``.grad`` itself to keep ∇L_NPO and ∇L_probe apart).
 """
 from __future__ import annotations
 
@@ -15,20 +20,21 @@ from typing import Any, Callable
 
 import torch
 
-from .gradients import combine_gcd, grads_of, sam_perturb, sam_restore
+from .gradients import combine_gcd, global_norm, grads_of, sam_perturb, sam_restore
 
 
 def sam_gcd_step(ctx, forget_fn: Callable, retain_fn: Callable | None, *, rho: float, lambda_f: float,
                  lambda_r: float, gcd_scope: str = "none", gcd_mode: str = "always", gcd_eps: float = 1e-6,
-                 restore: str = "copy") -> dict[str, Any]:
+                 restore: str = "copy", first_pass: Callable[[], dict] | None = None) -> dict[str, Any]:
     params = ctx.params
     logs: dict[str, Any] = {}
-    t1 = ctx.accumulate(forget_fn, ctx.forget_mbs, "forget")
+    t1 = first_pass() if first_pass is not None else ctx.accumulate(forget_fn, ctx.forget_mbs, "forget")
     logs.update(t1)
     buf = ctx.buffer()
     if rho > 0:
         scale, gnorm = sam_perturb(params, rho, buf, restore)
         logs["gnorm_sam"] = gnorm
+        logs["gnorm_forget"] = gnorm
         logs["sam_delta_norm"] = scale * gnorm
         ctx.zero_grad()
         try:
@@ -36,6 +42,9 @@ def sam_gcd_step(ctx, forget_fn: Callable, retain_fn: Callable | None, *, rho: f
         finally:  # also on a NaN in pass 2: a diverged run keeps θ, not θ + δ
             sam_restore(params, buf, scale, restore)
         logs.update({f"{k}_perturbed": v for k, v in t2.items()})
+        logs["sam_loss_gain"] = t2["loss_forget"] - t1["loss_forget"]
+    else:
+        logs["gnorm_forget"] = global_norm(grads_of(params))
     with torch.no_grad():
         torch._foreach_copy_(buf, grads_of(params))   # buffer ← g_f
     loss_f = t2["loss_forget"] if rho > 0 else t1["loss_forget"]

@@ -31,6 +31,8 @@ class SAMNPO(NPO):
             return v, {**terms, "loss_retain": v}
 
         c = self.cfg
-        return sam_gcd_step(ctx, forget_fn, retain_fn if self.retain is not None else None, rho=c.rho,
+        logs = sam_gcd_step(ctx, forget_fn, retain_fn if self.retain is not None else None, rho=c.rho,
                             lambda_f=c.lambda_f, lambda_r=c.lambda_r if self.retain is not None else 0.0,
                             gcd_scope="none", restore=c.sam_restore)
+        logs["gnorm_npo"] = logs["gnorm_forget"]   # ℓ_f = L_NPO here
+        return logs

@@ -8,6 +8,7 @@ import dataclasses
 
 from . import losses as L
 from .base import LossMethod
+from .gradients import with_term_means
 from .objectives import RetainTerm, check_retain
 from .registry import ConfigBase, choice, num, register_method
 
@@ -39,6 +40,9 @@ class SimNPO(LossMethod):
     def prepare(self, setup) -> None:
         if self.retain is not None:
             self.retain.prepare(setup)
+
+    def run(self, trainer):
+        return with_term_means(trainer.train())   # run-level term metrics (0: no probe, SAM or GCD term)
 
     def forget_loss(self, ctx, mb):
         s_mean = L.sequence_logprob(ctx.forward(mb).logits, mb.labels, "mean")

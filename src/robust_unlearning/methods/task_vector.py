@@ -11,6 +11,7 @@ import torch
 
 from . import losses as L
 from .base import LossMethod
+from .gradients import with_term_means
 from .registry import ConfigBase, choice, num, register_method
 
 
@@ -42,7 +43,7 @@ class TaskVector(LossMethod):
         return v, {"loss_ce": v}
 
     def run(self, trainer):
-        res = trainer.train()
+        res = with_term_means(trainer.train())   # run-level term metrics (0: no probe, SAM or GCD term)
         if res["status"] != "ok":
             return res
         alpha = float(self.cfg.alpha)
