@@ -9,6 +9,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import test_attacks_support as S  # noqa: E402
 from test_attacks_support import one_thread  # noqa: E402,F401  (autouse fixture)
 
+from robust_unlearning.attacks import common as C  # noqa: E402
 from robust_unlearning.attacks import jailbreak_templates as J  # noqa: E402
 from robust_unlearning.attacks import multi_turn as M  # noqa: E402
 from robust_unlearning.attacks.common import forget_qa_items  # noqa: E402
@@ -26,7 +27,7 @@ def test_multi_turn_prompts_and_metrics(micro_model, tiny_tokenizer, tmp_path, m
                           add_special_tokens=False)["input_ids"]
     assert rows[0]["prompt_ids"] == full[-40:] and rows[0]["truncated"] == (len(full) > 40)
     assert [r["ends_on_assistant"] for r in rows] == [False, True] and doc["result"]["n_ends_on_assistant"] == 1
-    monkeypatch.setattr(M, "generate_texts", lambda *a, **k: ["It lasts 12 days.", "Sorry, no."])
+    monkeypatch.setattr(C, "generate_texts", lambda *a, **k: ["It lasts 12 days.", "Sorry, no."])
     m, items = M.MultiTurn.evaluate(micro_model, tiny_tokenizer, S.FakeBench(), tmp_path / "a", {}, seed=0)
     assert m["asr"] == 0.5 and m["refusal_rate"] == 0.5 and m["asr_user_final"] == 1.0 and m["n_judged"] == 2
 

@@ -64,12 +64,43 @@ def item_record(item_id: str, prompt: str, output: str, success: bool | None, me
     return rec
 
 
-def judge_outputs(outputs: Sequence[str], aliases: Sequence[Sequence[str]], refusal_variant: str = "substring"
-                  ) -> tuple[list[bool], list[bool]]:
-    """Answer-match success and keyword refusal per output."""
-    succ = [answer_match(o, a) for o, a in zip(outputs, aliases)]
-    refu = [is_refusal(o, refusal_variant) for o in outputs]
-    return succ, refu
+def judge_outputs(judge, outputs: Sequence[str], item_ids: Sequence[str], questions: Sequence[str | None],
+                  aliases: Sequence[Sequence[str] | None], refusal_variant: str = "substring"
+                  ) -> tuple[list[bool], list[bool], list[dict]]:
+    """Success by the evaluation's configured judge (``judges.configured``; None → the offline rules) and keyword
+    refusal per output; the third list is each item's ``judge_raw`` record (judge name, its raw output, refusal)."""
+    from ..judges.configured import build_judges
+
+    judges = build_judges(judge)
+    verdicts = judges.success(outputs, item_ids, questions, aliases)
+    refu = judges.refused(outputs, refusal_variant)
+    raw = [{"judge": v["judge"], "judge_model": v["judge_model"], "raw": v["raw"], "refusal": f}
+           for v, f in zip(verdicts, refu)]
+    return [bool(v["success"]) for v in verdicts], refu, raw
+
+
+def judge_items(judge, outputs: Sequence[str], items: Sequence[dict], refusal_variant: str = "substring"
+                ) -> tuple[list[bool], list[bool], list[dict]]:
+    """``judge_outputs`` for item dicts with ``item_id``, ``question`` (or ``prompt``) and ``aliases``."""
+    return judge_outputs(judge, outputs, [it["item_id"] for it in items],
+                         [it.get("question", it.get("prompt")) for it in items],
+                         [it.get("aliases") for it in items], refusal_variant)
+
+
+def frac(flags: Sequence[bool]) -> float:
+    """Share of true flags; NaN for an empty list (a rate over nothing is not 0)."""
+    return sum(bool(f) for f in flags) / len(flags) if flags else math.nan
+
+
+def clean_vs_attacked(judge, outs: Sequence[str], outs_clean: Sequence[str], items: Sequence[dict]
+                      ) -> tuple[dict, list[bool], list[bool], list[dict], list[bool]]:
+    """ASR of the attacked and the clean (same prompts, no attack) generations by one judge:
+    (metrics, success, refusal, judge_raw, clean success)."""
+    succ, refu, raw = judge_items(judge, outs, items)
+    succ_clean, refu_clean, _ = judge_items(judge, outs_clean, items)
+    metrics = {**rate_metrics(succ, "asr"), "asr_clean": frac(succ_clean), "refusal_rate": frac(refu),
+               "refusal_rate_clean": frac(refu_clean), "n_items": len(items)}
+    return metrics, succ, refu, raw, succ_clean
 
 
 # --------------------------------------------------------------------------------------------- bench items
@@ -160,6 +191,16 @@ def generate_texts(model, tokenizer, prompts: Sequence, *, max_new_tokens: int, 
                          add_special_tokens=add_special_tokens, stop_ids=stop_token_ids(tokenizer), **kwargs))
 
 
+def sampled_texts(model, tokenizer, prompts: Sequence, cfg, seed: int, tag: str, item_ids: Sequence[str],
+                  *extra_seed) -> list[str]:
+    """Generation with a ``SamplingConfig`` (temperature 0 = greedy), seeded per item by
+    ``derive_seed(seed, tag, item_id, *extra_seed)``."""
+    return generate_texts(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                          do_sample=cfg.temperature > 0, temperature=cfg.temperature or 1.0, top_p=cfg.top_p,
+                          seeds=[derive_seed(seed, tag, i, *extra_seed) for i in item_ids],
+                          batch_size=cfg.batch_size)
+
+
 # ------------------------------------------------------------------------------------------------- hooks
 def decoder_blocks(model) -> torch.nn.ModuleList:
     """The transformer blocks (Llama/Mistral: ``model.model.layers``)."""
@@ -169,11 +210,11 @@ def decoder_blocks(model) -> torch.nn.ModuleList:
     raise TypeError(f"{type(model).__name__}: cannot find decoder blocks (expected model.model.layers)")
 
 
-def resolve_layer(model, layer: int | None) -> int:
-    """Block index; None → last block; negative counts from the end."""
+def resolve_layer(model, layer: int | None, default: str = "last") -> int:
+    """Block index; None → the ``default`` block ("last" or "middle" = n // 2); negative counts from the end."""
     n = len(decoder_blocks(model))
     if layer is None:
-        return n - 1
+        return n // 2 if default == "middle" else n - 1
     idx = layer if layer >= 0 else n + layer
     if not 0 <= idx < n:
         raise ValueError(f"layer {layer} out of range for a model with {n} blocks")
@@ -287,6 +328,15 @@ def bench_location(bench) -> str | None:
     return None
 
 
+def begin_prepare(attack_cls, params: dict, out_dir) -> tuple[float, Any, Path]:
+    """(start time, validated Config, created output folder): the first lines of every ``prepare``."""
+    started = time.time()
+    cfg = attack_cls.Config.from_dict(params)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return started, cfg, out_dir
+
+
 def write_attack_json(out_dir, attack_cls, cfg, seed: int, model_dir, bench, started: float,
                       result: dict | None = None, **extra: Any) -> dict:
     """``out_dir/attack.json``: status, settings, provenance, timing (written last: its presence marks completion).
@@ -341,10 +391,7 @@ class ItemsAttack:
         from ..models.io import load_tokenizer
         from ..utils.io import atomic_write_jsonl
 
-        started = time.time()
-        cfg = cls.Config.from_dict(params)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        started, cfg, out_dir = begin_prepare(cls, params, out_dir)
         rows = cls.build_items(load_tokenizer(model_dir), bench, cfg)
         atomic_write_jsonl(out_dir / cls.ITEMS_FILE, rows)
         return write_attack_json(out_dir, cls, cfg, seed, model_dir, bench, started, result=cls.item_summary(rows))

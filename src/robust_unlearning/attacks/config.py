@@ -107,3 +107,26 @@ class AttackConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class SamplingConfig(AttackConfig):
+    """Settings shared by the attacks that sample a reply per prompt (prefill, multi-turn, templates)."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    refusal_variant: Literal["substring", "word_boundary"] = "substring"
+
+    def check(self) -> None:
+        self.require(self.temperature >= 0, "temperature", f"must be ≥ 0, got {self.temperature}")
+        self.require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        for key in ("max_new_tokens", "batch_size"):
+            self.require(getattr(self, key) >= 1, key, f"must be ≥ 1, got {getattr(self, key)}")
+
+    def require_min(self, minimum: int, *keys: str) -> None:
+        """Each key ≥ minimum (None allowed: "all" / "unset")."""
+        for key in keys:
+            v = getattr(self, key)
+            self.require(v is None or v >= minimum, key, f"must be ≥ {minimum} or null, got {v}")

@@ -19,7 +19,7 @@ import torch
 from ..utils.io import atomic_write_json, read_json
 from ..utils.repro import derive_seed
 from .common import (chat_prompt, config_from_artefact, encode_plain, forget_qa_items,
-                     generate_texts, item_record, judge_outputs, load_for_attack, mcq_with_clean, model_device,
+                     generate_texts, item_record, judge_items, load_for_attack, mcq_with_clean, model_device,
                      rate_metrics, score_pairs, seeded_subset, target_nll, write_attack_json)
 from .config import AttackConfig
 from .registry import register_attack
@@ -122,6 +122,13 @@ class SlotRows:
         return g, float(loss.detach())
 
 
+def retokenisation_filter(tokenizer, cands: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the candidates whose decoded string encodes back to the same ids (the reference GCG
+    ``filter_cand``): a suffix that does not survive decode → encode cannot be sent as text to a real model."""
+    keep = [encode_plain(tokenizer, tokenizer.decode(c)) == c for c in cands.tolist()]
+    return torch.tensor(keep, dtype=torch.bool, device=cands.device)
+
+
 def sample_candidates(grad: torch.Tensor, adv: torch.Tensor, allowed: torch.Tensor, top_k: int, n_cand: int,
                       gen: torch.Generator) -> torch.Tensor:
     """Top-k most negative-gradient tokens per position; each candidate swaps one random position."""
@@ -142,8 +149,8 @@ class GCG:
     @dataclass
     class Config(AttackConfig):
         attack_name: ClassVar[str] = "gcg"
-        n_tokens: int = 10
-        steps: int = 100
+        n_tokens: int = 10            # 0: empty suffix, the zero-strength control
+        steps: int = 100              # 0: the initial suffix, unoptimised
         top_k: int = 32
         n_candidates: int = 64
         n_items: int = 20
@@ -152,14 +159,16 @@ class GCG:
         target: Literal["answer", "sure"] = "answer"
         source: Literal["mcq", "knowmem"] = "mcq"
         allow_non_ascii: bool = False
+        filter_retokenize: bool = True   # drop candidates that do not survive decode → encode
         max_rows: int = 1024          # rows (candidates × items) per forward
         max_new_tokens: int = 32
         eval_items: Optional[int] = None
         batch_size: int = 32
 
         def check(self) -> None:
-            for key in ("n_tokens", "steps", "top_k", "n_candidates", "n_items", "max_rows", "max_new_tokens",
-                        "batch_size"):
+            for key in ("n_tokens", "steps"):
+                self.require(getattr(self, key) >= 0, key, f"must be ≥ 0, got {getattr(self, key)}")
+            for key in ("top_k", "n_candidates", "n_items", "max_rows", "max_new_tokens", "batch_size"):
                 self.require(getattr(self, key) >= 1, key, f"must be ≥ 1, got {getattr(self, key)}")
             self.require(bool(self.init), "init", "must be a non-empty string")
             self.require(self.eval_items is None or self.eval_items >= 1, "eval_items", "must be ≥ 1 or null")
@@ -175,6 +184,9 @@ class GCG:
 
     @classmethod
     def optimise(cls, model, tokenizer, items, cfg, seed: int, log=None) -> dict:
+        if cfg.n_tokens == 0:  # zero-strength control: no adversarial tokens at all
+            return {"adv_ids": [], "adv_text": "", "position": cfg.position, "init_loss": None, "best_loss": None,
+                    "loss_history": [], "roundtrip_ok": True, "n_filtered": 0}
         dev = model_device(model)
         rows = SlotRows(cls.segments(tokenizer, items, cfg), cfg.n_tokens, tokenizer.pad_token_id, dev)
         allowed = allowed_token_mask(tokenizer, model.get_input_embeddings().weight.shape[0], cfg.allow_non_ascii)
@@ -188,13 +200,20 @@ class GCG:
         flags = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
             p.requires_grad_(False)
-        history = []
+        history, n_filtered = [], 0
         try:
             init_loss = float(rows.losses(model, adv[None, :], cfg.max_rows)[0])
             best_adv, best_loss = adv.clone(), init_loss
             for step in range(cfg.steps):
                 grad, cur = rows.grad(model, adv)
                 cands = sample_candidates(grad, adv, allowed, cfg.top_k, cfg.n_candidates, gen)
+                if cfg.filter_retokenize:
+                    keep = retokenisation_filter(tokenizer, cands)
+                    n_filtered += int((~keep).sum())
+                    if not bool(keep.any()):  # nothing survives: stay where we are this step
+                        history.append(cur)
+                        continue
+                    cands = cands[keep]
                 losses = rows.losses(model, cands, cfg.max_rows)
                 j = int(losses.argmin())
                 adv = cands[j].clone()
@@ -210,7 +229,7 @@ class GCG:
         ids = best_adv.tolist()
         text = tokenizer.decode(ids)
         return {"adv_ids": ids, "adv_text": text, "position": cfg.position, "init_loss": init_loss,
-                "best_loss": best_loss, "loss_history": history,
+                "best_loss": best_loss, "loss_history": history, "n_filtered": n_filtered,
                 "roundtrip_ok": encode_plain(tokenizer, text) == ids}
 
     @classmethod
@@ -229,7 +248,10 @@ class GCG:
 
     # -------------------------------------------------------------------------------------------- evaluate
     @classmethod
-    def evaluate(cls, model, tokenizer, bench, artefact_dir, eval_cfg: dict | None, seed: int):
+    def evaluate(cls, model, tokenizer, bench, artefact_dir, eval_cfg: dict | None, seed: int, judge=None):
+        from ..judges.configured import build_judges
+
+        judge = build_judges(judge)
         cfg, _ = config_from_artefact(cls, artefact_dir)
         art = read_json(Path(artefact_dir) / ARTEFACT)
         adv = list(art["adv_ids"])
@@ -245,9 +267,8 @@ class GCG:
         outs = generate_texts(model, tokenizer, attacked, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
         outs_clean = generate_texts(model, tokenizer, clean, max_new_tokens=cfg.max_new_tokens,
                                     batch_size=cfg.batch_size)
-        aliases = [it["aliases"] for it in items]
-        succ, refu = judge_outputs(outs, aliases)
-        succ_clean, _ = judge_outputs(outs_clean, aliases)
+        succ, refu, raw = judge_items(judge, outs, items)
+        succ_clean, _, _ = judge_items(judge, outs_clean, items)
         answers = [encode_plain(tokenizer, it["answer"]) for it in items]
         lp_att = score_pairs(model, tokenizer, list(zip(attacked, answers)))
         lp_clean = score_pairs(model, tokenizer, list(zip(clean, answers)))
@@ -265,9 +286,9 @@ class GCG:
         metrics.update(mcq_with_clean(model, tokenizer, bench, eval_cfg, ("forget",),
                                       edit_context=insert_ids(tokenizer, adv, cfg.position)))
         metrics.update({"n_items": len(items), "n_opt_items": len(opt_ids)})
-        records = [item_record(it["item_id"], tokenizer.decode(p), o, s, judge_raw={"answer_match": s, "refusal": f},
+        records = [item_record(it["item_id"], tokenizer.decode(p), o, s, judge_raw=w,
                                meta={"clean_output": oc, "clean_success": sc, "optimised_on": it["item_id"] in opt_ids,
                                      "answer_logprob": la, "answer_logprob_clean": lc})
-                   for it, p, o, s, f, oc, sc, la, lc in zip(items, attacked, outs, succ, refu, outs_clean,
+                   for it, p, o, s, w, oc, sc, la, lc in zip(items, attacked, outs, succ, raw, outs_clean,
                                                              succ_clean, lp_att, lp_clean)]
         return metrics, records

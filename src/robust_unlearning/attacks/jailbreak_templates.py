@@ -1,6 +1,6 @@
 """Jailbreak templates (evaluation.md §7.3): AutoDAN-style prompts around forget questions.
 
-Three prompt sources, each judged by answer-match (sampling T = 0.7, seeded per item):
+Three prompt sources, each judged by the evaluation's configured judge (sampling T = 0.7, seeded per item):
 1. ``bench.autodan()`` prompts (precomputed, transfer); items without a known answer (the real file) get the weak
    compliance proxy instead, reported separately;
 2. a small shipped list of role-play / instruction-override templates (``SHIPPED_TEMPLATES``) × forget questions;
@@ -25,10 +25,10 @@ import torch
 
 from ..utils.io import atomic_write_json, read_json
 from ..utils.repro import derive_seed
-from .common import (aliases_of, chat_prompt, compliance_proxy, config_from_artefact, encode_plain,
-                     forget_qa_items, generate_texts, item_record, judge_outputs, load_for_attack, model_device,
-                     rate_metrics, seeded_subset, write_attack_json)
-from .config import AttackConfig
+from .common import (aliases_of, begin_prepare, chat_prompt, compliance_proxy, config_from_artefact, encode_plain,
+                     forget_qa_items, frac, item_record, judge_items, load_for_attack, model_device, rate_metrics,
+                     sampled_texts, seeded_subset, write_attack_json)
+from .config import SamplingConfig
 from .registry import register_attack
 
 ARTEFACT = "templates.json"
@@ -191,27 +191,36 @@ def genetic_search(model, tokenizer, prototypes: Sequence[str], items: Sequence[
     pop = pop[:cfg.population]
     n_elite = max(1, int(math.ceil(cfg.elite_frac * cfg.population)))
     scores: dict[str, float] = {}
-    history = []
+    history, crossovers = [], []
     fit = template_fitness(model, tokenizer, pop, items, cfg.max_rows)
     for step in range(cfg.steps):
         order = sorted(range(len(pop)), key=lambda i: -fit[i])
         history.append(fit[order[0]])
         elites = [pop[i] for i in order[:n_elite]]
+        n_cross = 0
         # softmax selection over fitness (AutoDAN roulette)
         mx = max(fit)
         weights = [math.exp(f - mx) for f in fit]
         children = []
-        paragraph = (step + 1) % cfg.paragraph_every == 0
+        # AutoDAN-HGA: the paragraph-level step (crossover + mutation) on generation 0 and every
+        # ``paragraph_every``-th one after it, the word-level momentum step otherwise; so crossover fires in any
+        # search of at least one step
+        paragraph = step % cfg.paragraph_every == 0
         if not paragraph:
             scores = word_momentum(pop, fit, scores)
         while len(children) < cfg.population - n_elite:
             a, b = rng.choices(pop, weights=weights, k=2)
-            child = crossover(a, b, cfg.n_points, rng) if paragraph and rng.random() < cfg.crossover_rate else a
+            if paragraph and rng.random() < cfg.crossover_rate:
+                child = crossover(a, b, cfg.n_points, rng)
+                n_cross += 1
+            else:
+                child = a
             if not paragraph:
                 child = momentum_rewrite(child, scores, rng)
             if rng.random() < cfg.mutation_rate:
                 child = mutate(child, rng)
             children.append(child)
+        crossovers.append(n_cross)
         new_fit = template_fitness(model, tokenizer, children, items, cfg.max_rows) if children else []
         pop = elites + children
         fit = [fit[i] for i in order[:n_elite]] + new_fit
@@ -224,7 +233,8 @@ def genetic_search(model, tokenizer, prototypes: Sequence[str], items: Sequence[
             best.append((pop[i], fit[i]))
     proto_fit = template_fitness(model, tokenizer, protos, items, cfg.max_rows)
     return {"best": [t for t, _ in best[:cfg.n_best]], "best_fitness": [f for _, f in best[:cfg.n_best]],
-            "history": history, "prototype_fitness": max(proto_fit) if proto_fit else None}
+            "history": history, "crossovers": crossovers,
+            "prototype_fitness": max(proto_fit) if proto_fit else None}
 
 
 def autodan_prototypes(bench) -> list[str]:
@@ -245,47 +255,41 @@ class JailbreakTemplates:
     kind = "input"
 
     @dataclass
-    class Config(AttackConfig):
+    class Config(SamplingConfig):
+        """AutoDAN-HGA settings (Liu et al. 2024, released code): elite 5 %, crossover 0.5 over 5 points,
+        mutation 0.01, a paragraph-level step every 5 generations; population and steps are scaled to the CPU
+        budget (published: 256 × 100)."""
         attack_name: ClassVar[str] = "jailbreak_templates"
         use_autodan: bool = True
         use_shipped: bool = True
         genetic: bool = True
         n_questions: Optional[int] = 16     # forget questions wrapped by shipped / genetic templates
-        population: int = 16
-        steps: int = 5
+        population: int = 32
+        steps: int = 20
         n_fit_items: int = 4
         elite_frac: float = 0.05
         crossover_rate: float = 0.5
         n_points: int = 5
-        mutation_rate: float = 0.1
+        mutation_rate: float = 0.01
         paragraph_every: int = 5
         n_best: int = 2
         max_rows: int = 256
         source: Literal["mcq", "knowmem"] = "mcq"
-        temperature: float = 0.7
-        top_p: float = 1.0
-        max_new_tokens: int = 64
         batch_size: int = 16
-        refusal_variant: Literal["substring", "word_boundary"] = "substring"
 
         def check(self) -> None:
-            for key in ("population", "steps", "n_fit_items", "n_points", "paragraph_every", "n_best", "max_rows",
-                        "max_new_tokens", "batch_size"):
+            super().check()
+            for key in ("population", "steps", "n_fit_items", "n_points", "paragraph_every", "n_best", "max_rows"):
                 self.require(getattr(self, key) >= 1, key, f"must be ≥ 1, got {getattr(self, key)}")
             for key in ("elite_frac", "crossover_rate", "mutation_rate"):
                 self.require(0 <= getattr(self, key) <= 1, key, f"must be in [0, 1], got {getattr(self, key)}")
-            self.require(self.n_questions is None or self.n_questions >= 1, "n_questions", "must be ≥ 1 or null")
-            self.require(self.temperature >= 0, "temperature", "must be ≥ 0")
-            self.require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+            self.require_min(1, "n_questions")
             self.require(self.use_autodan or self.use_shipped or self.genetic, "use_autodan",
                          "at least one of use_autodan / use_shipped / genetic must be true")
 
     @classmethod
     def prepare(cls, model_dir, bench, params: dict, out_dir, seed: int, device: str = "auto") -> dict:
-        started = time.time()
-        cfg = cls.Config.from_dict(params)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        started, cfg, out_dir = begin_prepare(cls, params, out_dir)
         items = forget_qa_items(bench, cfg.source)
         questions = seeded_subset(items, cfg.n_questions, seed, "jailbreak_questions")
         art = {"shipped": list(SHIPPED_TEMPLATES) if cfg.use_shipped else [], "genetic": [],
@@ -296,6 +300,7 @@ class JailbreakTemplates:
             protos = list(SHIPPED_TEMPLATES) + (autodan_prototypes(bench) if bench_has_autodan(bench) else [])
             ga = genetic_search(model, tok, protos, fit_items, cfg, seed)
             art.update({"genetic": ga["best"], "genetic_fitness": ga["best_fitness"], "history": ga["history"],
+                        "crossovers": ga["crossovers"],
                         "prototype_fitness": ga["prototype_fitness"],
                         "fit_item_ids": [it["item_id"] for it in fit_items]})
         atomic_write_json(out_dir / ARTEFACT, art)
@@ -311,30 +316,31 @@ class JailbreakTemplates:
                 al = aliases_of(bench, {"meta": meta.get(key)})  # meta only: no fallback to unrelated fields
                 for j, p in enumerate(prompts):
                     rows.append({"item_id": f"autodan:{key}" + (f":{j}" if j else ""), "source": "autodan",
-                                 "question_id": key, "prompt": chat_prompt(tokenizer, p), "aliases": al})
+                                 "question_id": key, "prompt": chat_prompt(tokenizer, p), "aliases": al,
+                                 "question": (meta.get(key) or {}).get("question") or p})
         by_id = {it["item_id"]: it for it in forget_qa_items(bench, cfg.source)}
         questions = [by_id[i] for i in art["question_ids"] if i in by_id]
         for source in ("shipped", "genetic"):
             for k, t in enumerate(art.get(source) or []):
                 for it in questions:
                     rows.append({"item_id": f"{source}{k}:{it['item_id']}", "source": source,
-                                 "question_id": it["item_id"], "aliases": it["aliases"],
+                                 "question_id": it["item_id"], "aliases": it["aliases"], "question": it["question"],
                                  "prompt": chat_prompt(tokenizer, fill(t, it["question"]))})
         return rows
 
     @classmethod
-    def evaluate(cls, model, tokenizer, bench, artefact_dir, eval_cfg: dict | None, seed: int):
+    def evaluate(cls, model, tokenizer, bench, artefact_dir, eval_cfg: dict | None, seed: int, judge=None):
+        from ..judges.configured import build_judges
+
+        judge = build_judges(judge)
         cfg, _ = config_from_artefact(cls, artefact_dir)
         art = read_json(Path(artefact_dir) / ARTEFACT)
         rows = cls.build_prompts(tokenizer, bench, cfg, art)
-        outs = generate_texts(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens,
-                              do_sample=cfg.temperature > 0, temperature=cfg.temperature or 1.0, top_p=cfg.top_p,
-                              seeds=[derive_seed(seed, "jailbreak_templates", r["item_id"]) for r in rows],
-                              batch_size=cfg.batch_size)
-        judged = [(r, o) for r, o in zip(rows, outs) if r["aliases"]]
-        succ, refu = judge_outputs([o for _, o in judged], [r["aliases"] for r, _ in judged], cfg.refusal_variant)
-        n = max(1, len(judged))
-        metrics = {**rate_metrics(succ, "asr"), "refusal_rate": sum(refu) / n, "n_prompts": len(rows),
+        outs = sampled_texts(model, tokenizer, [r["prompt"] for r in rows], cfg, seed, "jailbreak_templates",
+                             [r["item_id"] for r in rows])
+        judged = [(r, o) for r, o in zip(rows, outs) if r["aliases"] or judge.decides_without_answer]
+        succ, refu, raw = judge_items(judge, [o for _, o in judged], [r for r, _ in judged], cfg.refusal_variant)
+        metrics = {**rate_metrics(succ, "asr"), "refusal_rate": frac(refu), "n_prompts": len(rows),
                    "n_judged": len(judged)}
         for source in ("autodan", "shipped", "genetic"):
             flags = [s for (r, _), s in zip(judged, succ) if r["source"] == source]
@@ -347,13 +353,13 @@ class JailbreakTemplates:
                 broken[r["question_id"]] = broken.get(r["question_id"], False) or s
         if broken:
             metrics["asr_any_template"] = sum(broken.values()) / len(broken)
-        unjudged = [(r, o) for r, o in zip(rows, outs) if not r["aliases"]]
+        unjudged = [(r, o) for r, o in zip(rows, outs) if not (r["aliases"] or judge.decides_without_answer)]
         proxy = [compliance_proxy(o, cfg.refusal_variant) for _, o in unjudged]
         if unjudged:
             metrics.update({"compliance_proxy_rate": sum(proxy) / len(proxy), "n_compliance_proxy": len(proxy)})
-        records = [item_record(r["item_id"], r["prompt"], o, s, judge_raw={"answer_match": s, "refusal": f},
+        records = [item_record(r["item_id"], r["prompt"], o, s, judge_raw=w,
                                meta={"source": r["source"], "question_id": r["question_id"]})
-                   for (r, o), s, f in zip(judged, succ, refu)]
+                   for (r, o), s, w in zip(judged, succ, raw)]
         records += [item_record(r["item_id"], r["prompt"], o, p, metric="compliance_proxy",
                                 judge_raw={"compliance_proxy": p}, meta={"source": r["source"]})
                     for (r, o), p in zip(unjudged, proxy)]

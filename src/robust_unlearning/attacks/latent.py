@@ -18,7 +18,7 @@ import torch
 
 from ..utils.repro import derive_seed
 from .common import (block_output_hook, capture_block_output, chat_prompt, config_from_artefact, encode_plain,
-                     forget_qa_items, generate_texts, item_record, judge_outputs, model_device, rate_metrics,
+                     forget_qa_items, generate_texts, item_record, clean_vs_attacked, model_device,
                      resolve_layer, seeded_subset, target_nll, write_attack_json)
 from .config import AttackConfig
 from .registry import register_attack
@@ -129,7 +129,7 @@ class Latent:
         attack_name: ClassVar[str] = "latent"
         eps: float = 0.1
         steps: int = 32
-        layer: Optional[int] = None       # block index; None = last block; negative counts from the end
+        layer: Optional[int] = None       # block index; None = the middle block; negative counts from the end
         random_start: bool = True
         source: Literal["mcq", "knowmem"] = "mcq"
         eval_items: Optional[int] = None
@@ -153,7 +153,7 @@ class Latent:
     @classmethod
     def attack_items(cls, model, tokenizer, items, cfg, seed: int):
         """PGD + greedy decoding for items; returns per-item dicts (prompt ids, δ, NLLs, outputs)."""
-        layer = resolve_layer(model, cfg.layer)
+        layer = resolve_layer(model, cfg.layer, default="middle")
         dev = model_device(model)
         res = []
         for s in range(0, len(items), cfg.batch_size):
@@ -174,24 +174,22 @@ class Latent:
         return res, layer
 
     @classmethod
-    def evaluate(cls, model, tokenizer, bench, artefact_dir, eval_cfg: dict | None, seed: int):
+    def evaluate(cls, model, tokenizer, bench, artefact_dir, eval_cfg: dict | None, seed: int, judge=None):
         cfg, _ = config_from_artefact(cls, artefact_dir)
         items = forget_qa_items(bench, cfg.source)
         if cfg.eval_items:
             items = seeded_subset(items, cfg.eval_items, seed, "latent_eval")
         res, layer = cls.attack_items(model, tokenizer, items, cfg, seed)
-        aliases = [r["item"]["aliases"] for r in res]
-        succ, refu = judge_outputs([r["output"] for r in res], aliases)
-        succ_clean, _ = judge_outputs([r["output_clean"] for r in res], aliases)
+        metrics, succ, refu, raw, succ_clean = clean_vs_attacked(
+            judge, [r["output"] for r in res], [r["output_clean"] for r in res], [r["item"] for r in res])
         n = max(1, len(res))
-        metrics = {**rate_metrics(succ, "asr"), "asr_clean": sum(succ_clean) / n, "refusal_rate": sum(refu) / n,
-                   "forget_qa_logprob": -sum(r["nll"] for r in res) / n,
-                   "forget_qa_logprob_clean": -sum(r["nll_clean"] for r in res) / n,
-                   "n_items": len(res), "eps": cfg.eps, "layer": layer}
+        metrics.update({"forget_qa_logprob": -sum(r["nll"] for r in res) / n,
+                        "forget_qa_logprob_clean": -sum(r["nll_clean"] for r in res) / n, "eps": cfg.eps,
+                        "layer": layer})
         metrics["forget_qa_logprob_gain"] = metrics["forget_qa_logprob"] - metrics["forget_qa_logprob_clean"]
         records = [item_record(r["item"]["item_id"], tokenizer.decode(r["prompt"]), r["output"], s,
-                               judge_raw={"answer_match": s, "refusal": f},
+                               judge_raw=w,
                                meta={"eps": cfg.eps, "layer": layer, "clean_output": r["output_clean"],
                                      "clean_success": sc, "answer_nll": r["nll"], "answer_nll_clean": r["nll_clean"]})
-                   for r, s, f, sc in zip(res, succ, refu, succ_clean)]
+                   for r, s, w, sc in zip(res, succ, raw, succ_clean)]
         return metrics, records

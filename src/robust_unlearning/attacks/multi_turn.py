@@ -7,15 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Optional
 
 from ..utils.io import read_jsonl
-from ..utils.repro import derive_seed
-from .common import (ItemsAttack, aliases_of, chat_prompt, compliance_proxy, config_from_artefact, encode_plain, generate_texts,
-                     item_id_of, item_record, judge_outputs, rate_metrics, write_attack_json)
-from .config import AttackConfig
+from .common import (ItemsAttack, aliases_of, chat_prompt, compliance_proxy, config_from_artefact, encode_plain,
+                     frac, item_id_of, item_record, judge_items, rate_metrics, sampled_texts)
+from .config import SamplingConfig
 from .registry import register_attack
-
 
 
 @register_attack("multi_turn")
@@ -24,24 +22,15 @@ class MultiTurn(ItemsAttack):
     ITEMS_FILE = "multi_turn_items.jsonl"
 
     @dataclass
-    class Config(AttackConfig):
+    class Config(SamplingConfig):
         attack_name: ClassVar[str] = "multi_turn"
         temperature: float = 1.0
-        top_p: float = 1.0
-        max_new_tokens: int = 64
         max_prompt_tokens: Optional[int] = None   # None: the model context minus max_new_tokens (in generate)
-        batch_size: int = 8
         max_items: Optional[int] = None
-        refusal_variant: Literal["substring", "word_boundary"] = "substring"
 
         def check(self) -> None:
-            self.require(self.temperature >= 0, "temperature", f"must be ≥ 0, got {self.temperature}")
-            self.require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-            self.require(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1")
-            self.require(self.max_prompt_tokens is None or self.max_prompt_tokens >= 1, "max_prompt_tokens",
-                         "must be ≥ 1 or null")
-            self.require(self.batch_size >= 1, "batch_size", "must be ≥ 1")
-            self.require(self.max_items is None or self.max_items >= 1, "max_items", "must be ≥ 1 or null")
+            super().check()
+            self.require_min(1, "max_prompt_tokens", "max_items")
 
     @classmethod
     def build_items(cls, tokenizer, bench, cfg) -> list[dict]:
@@ -55,7 +44,8 @@ class MultiTurn(ItemsAttack):
             rows.append({"item_id": item_id_of(conv, i, "multi_turn"), "prompt_ids": ids,
                          # answers only from meta: without one, Benchmark.aliases would fall back to a warm-up reply
                          "aliases": aliases_of(bench, {"meta": conv.get("meta")}), "n_turns": len(msgs),
-                         "ends_on_assistant": msgs[-1]["role"] == "assistant", "truncated": truncated})
+                         "ends_on_assistant": msgs[-1]["role"] == "assistant", "truncated": truncated,
+                         "question": next((m["content"] for m in reversed(msgs) if m["role"] == "user"), "")})
         return rows[: cfg.max_items] if cfg.max_items else rows
 
     @classmethod
@@ -64,35 +54,34 @@ class MultiTurn(ItemsAttack):
                 "n_truncated": sum(r["truncated"] for r in rows)}
 
     @classmethod
-    def evaluate(cls, model, tokenizer, bench, artefact_dir, eval_cfg: dict | None, seed: int):
+    def evaluate(cls, model, tokenizer, bench, artefact_dir, eval_cfg: dict | None, seed: int, judge=None):
+        from ..judges.configured import build_judges
+
+        judge = build_judges(judge)
         cfg, _ = config_from_artefact(cls, artefact_dir)
         rows = read_jsonl(Path(artefact_dir) / cls.ITEMS_FILE)
-        outs = generate_texts(model, tokenizer, [r["prompt_ids"] for r in rows], max_new_tokens=cfg.max_new_tokens,
-                              do_sample=cfg.temperature > 0, temperature=cfg.temperature or 1.0, top_p=cfg.top_p,
-                              seeds=[derive_seed(seed, "multi_turn", r["item_id"]) for r in rows],
-                              batch_size=cfg.batch_size)
-        judged = [(r, o) for r, o in zip(rows, outs) if r["aliases"]]
-        succ, refu = judge_outputs([o for _, o in judged], [r["aliases"] for r, _ in judged], cfg.refusal_variant)
-        n = max(1, len(judged))
-        metrics = {**rate_metrics(succ, "asr"), "refusal_rate": sum(refu) / n, "n_items": len(rows),
-                   "n_judged": len(judged), "n_ends_on_assistant": sum(r["ends_on_assistant"] for r in rows),
+        outs = sampled_texts(model, tokenizer, [r["prompt_ids"] for r in rows], cfg, seed, "multi_turn",
+                             [r["item_id"] for r in rows])
+        # items without a known answer: the configured judge if it can decide them, else the weak compliance proxy
+        by_judge = [(r, o) for r, o in zip(rows, outs) if r["aliases"] or judge.decides_without_answer]
+        succ, refu, raw = judge_items(judge, [o for _, o in by_judge], [r for r, _ in by_judge], cfg.refusal_variant)
+        metrics = {**rate_metrics(succ, "asr"), "refusal_rate": frac(refu), "n_items": len(rows),
+                   "n_judged": len(by_judge), "n_ends_on_assistant": sum(r["ends_on_assistant"] for r in rows),
                    "n_truncated": sum(r["truncated"] for r in rows)}
-        # items without a known answer (real multi-turn data): weak compliance proxy, reported separately
-        unjudged = [(r, o) for r, o in zip(rows, outs) if not r["aliases"]]
+        unjudged = [(r, o) for r, o in zip(rows, outs) if not (r["aliases"] or judge.decides_without_answer)]
         proxy = [compliance_proxy(o, cfg.refusal_variant) for _, o in unjudged]
         if unjudged:
             metrics.update({"compliance_proxy_rate": sum(proxy) / len(proxy), "n_compliance_proxy": len(proxy)})
-        user_final = [s for s, (r, _) in zip(succ, judged) if not r["ends_on_assistant"]]
-        if user_final and len(user_final) < len(judged):
+        user_final = [s for s, (r, _) in zip(succ, by_judge) if not r["ends_on_assistant"]]
+        if user_final and len(user_final) < len(by_judge):
             metrics["asr_user_final"] = sum(user_final) / len(user_final)
-        records = [item_record(r["item_id"], tokenizer.decode(r["prompt_ids"]), o, s,
-                               judge_raw={"answer_match": s, "refusal": f},
-                               meta={"n_turns": r["n_turns"], "ends_on_assistant": r["ends_on_assistant"],
-                                     "truncated": r["truncated"]})
-                   for (r, o), s, f in zip(judged, succ, refu)]
+
+        def meta(r):
+            return {"n_turns": r["n_turns"], "ends_on_assistant": r["ends_on_assistant"], "truncated": r["truncated"]}
+
+        records = [item_record(r["item_id"], tokenizer.decode(r["prompt_ids"]), o, s, judge_raw=w, meta=meta(r))
+                   for (r, o), s, w in zip(by_judge, succ, raw)]
         records += [item_record(r["item_id"], tokenizer.decode(r["prompt_ids"]), o, p,
-                                judge_raw={"compliance_proxy": p}, metric="compliance_proxy",
-                                meta={"n_turns": r["n_turns"], "ends_on_assistant": r["ends_on_assistant"],
-                                      "truncated": r["truncated"]})
+                                judge_raw={"compliance_proxy": p}, metric="compliance_proxy", meta=meta(r))
                     for (r, o), p in zip(unjudged, proxy)]
         return metrics, records

@@ -7,6 +7,10 @@ Formats:
 - ``template`` (HarmBench-classifier style): ``prompt_template`` / ``prompt_template_file`` with the
   placeholders {behavior}, {generation}, {prompt}; success iff the reply starts with "yes". Supply the
   classifier's own published prompt — a paraphrase degrades a fine-tuned classifier, so none is bundled.
+- ``sequence_classification``: a sequence-classification checkpoint (``AutoModelForSequenceClassification``) reads
+  the pair (prompt, response) — or ``prompt_template`` rendered as one text — and success iff the arg-max label is
+  ``positive_label`` (a label index or a name from the checkpoint's ``id2label``; default 1).
+Placeholders: {behavior}, {generation}, {prompt}, {answer} (the reference answer, empty if none).
 The checkpoint loads through ``robust_unlearning.models.io`` (safetensors, offline) on first use.
 """
 from __future__ import annotations
@@ -16,7 +20,13 @@ from pathlib import Path
 
 from .base import Judge, JudgeConfigError, _column, register_judge, verdict
 
-FORMATS = ("chat_template", "template")
+FORMATS = ("chat_template", "template", "sequence_classification")
+
+
+def first_alias(aliases) -> str:
+    if isinstance(aliases, str):
+        return aliases
+    return next((a for a in (aliases or []) if a), "")
 
 
 def _read_template(template: str | None, template_file: str | None, key: str) -> str | None:
@@ -39,6 +49,8 @@ class HFClassifierJudge(Judge):
         prompt_template: str | None = None
         prompt_template_file: str | None = None
         success_prefix: str | None = None
+        positive_label: int | str = 1
+        max_length: int = 512
         dtype: str = "float32"
         device: str = "auto"
         max_new_tokens: int = 8
@@ -73,14 +85,22 @@ class HFClassifierJudge(Judge):
             from ..utils.repro import pick_device
 
             self._tok = load_tokenizer(self.cfg.path, trust_remote_code=self.cfg.trust_remote_code)
+            if self.cfg.format == "sequence_classification":
+                from transformers import AutoModelForSequenceClassification
+                self._model = AutoModelForSequenceClassification.from_pretrained(
+                    self.cfg.path, local_files_only=True, use_safetensors=True,
+                    trust_remote_code=self.cfg.trust_remote_code).to(pick_device(self.cfg.device)).eval()
+                return self._model, self._tok
             self._model = load_model(self.cfg.path, dtype=self.cfg.dtype, device=pick_device(self.cfg.device),
                                      trust_remote_code=self.cfg.trust_remote_code).eval()
         return self._model, self._tok
 
-    def build_prompts(self, responses, prompts, behaviors) -> tuple[list[str], bool]:
-        if self.cfg.format == "template":
-            return [self.cfg.template.format(behavior=b or p or "", generation=r, prompt=p or b or "")
-                    for r, p, b in zip(responses, prompts, behaviors)], True
+    def build_prompts(self, responses, prompts, behaviors, aliases=None) -> tuple[list[str], bool]:
+        if self.cfg.format in ("template", "sequence_classification") and self.cfg.template:
+            aliases = aliases if aliases is not None else [None] * len(responses)
+            return [self.cfg.template.format(behavior=b or p or "", generation=r, prompt=p or b or "",
+                                             answer=first_alias(al))
+                    for r, p, b, al in zip(responses, prompts, behaviors, aliases)], True
         _, tok = self._load()
         texts = []
         for r, p, b in zip(responses, prompts, behaviors):
@@ -88,11 +108,50 @@ class HFClassifierJudge(Judge):
             texts.append(tok.apply_chat_template(chat, tokenize=False))
         return texts, False  # templated text already holds BOS
 
+    def positive_index(self, model) -> int:
+        want = self.cfg.positive_label
+        if isinstance(want, int):
+            if not 0 <= want < model.config.num_labels:
+                raise JudgeConfigError("positive_label", f"{want} is outside the checkpoint's "
+                                                         f"{model.config.num_labels} labels")
+            return want
+        names = {str(v).lower(): int(k) for k, v in (model.config.id2label or {}).items()}
+        if str(want).lower() not in names:
+            raise JudgeConfigError("positive_label", f"{want!r} is not a label of the checkpoint: {sorted(names)}")
+        return names[str(want).lower()]
+
+    def classify(self, responses, prompts, behaviors, aliases) -> list[dict]:
+        import torch
+
+        model, tok = self._load()
+        pos = self.positive_index(model)
+        out = []
+        for s in range(0, len(responses), self.cfg.batch_size):
+            r, p, b = responses[s:s + self.cfg.batch_size], prompts[s:s + self.cfg.batch_size], \
+                behaviors[s:s + self.cfg.batch_size]
+            if self.cfg.template:
+                texts, _ = self.build_prompts(r, p, b, aliases[s:s + self.cfg.batch_size])
+                enc = tok(texts, truncation=True, max_length=self.cfg.max_length, padding=True, return_tensors="pt")
+            else:
+                enc = tok([x or y or "" for x, y in zip(p, b)], list(r), truncation=True,
+                          max_length=self.cfg.max_length, padding=True, return_tensors="pt")
+            with torch.no_grad():
+                logits = model(**enc.to(next(model.parameters()).device)).logits.float()
+            for row in logits:
+                label = int(row.argmax())
+                out.append(verdict(label == pos, self.name, self.model_id,
+                                   model.config.id2label.get(label, str(label)) if model.config.id2label else
+                                   str(label)))
+        return out
+
     def judge_batch(self, responses, prompts=None, aliases=None, behaviors=None):
         from ..metrics.generation import generate
 
         n = len(responses)
-        texts, add_special = self.build_prompts(list(responses), _column(prompts, n), _column(behaviors, n))
+        if self.cfg.format == "sequence_classification":
+            return self.classify(list(responses), _column(prompts, n), _column(behaviors, n), _column(aliases, n))
+        texts, add_special = self.build_prompts(list(responses), _column(prompts, n), _column(behaviors, n),
+                                                _column(aliases, n))
         model, tok = self._load()
         outs = generate(model, tok, texts, self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
                         add_special_tokens=add_special)
@@ -100,4 +159,7 @@ class HFClassifierJudge(Judge):
         return [verdict(o.strip().lower().startswith(prefix), self.name, self.model_id, o) for o in outs]
 
     def describe(self):
-        return {**super().describe(), "format": self.cfg.format, "success_prefix": self.cfg.success_prefix}
+        d = {**super().describe(), "format": self.cfg.format}
+        if self.cfg.format == "sequence_classification":
+            return {**d, "positive_label": self.cfg.positive_label}
+        return {**d, "success_prefix": self.cfg.success_prefix}
