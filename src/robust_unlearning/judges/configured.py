@@ -74,6 +74,8 @@ class EvalJudges:
             try:
                 out += self.asr.judge_batch(list(outputs[s:s + step]), prompts=prompts[s:s + step],
                                             aliases=aliases[s:s + step], behaviors=prompts[s:s + step])
+            except JudgeConfigError:  # a settings error names its key; not an item's failure
+                raise
             except Exception as exc:  # noqa: BLE001  (any judge failure fails the job, naming judge and item)
                 where = f"item {ids[0]}" if len(ids) == 1 else f"items {ids[0]} … {ids[-1]}"
                 raise JudgeError(f"judge {self.asr_name} ({self.asr.model_id or 'rules'}) failed on {where}: "
