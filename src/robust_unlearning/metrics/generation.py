@@ -13,12 +13,28 @@ Why batched and how it stays faithful to the one-item-at-a-time references:
   sampled output does not depend on which other prompts shared its batch.
 - Log-likelihood scoring (MCQ, MIA) uses RIGHT padding (positions start at 0 for every row, pads come after the
   scored tokens, so a causal model never attends to them) and one forward per batch.
+
+Speed (docs/evaluation.md, batching):
+- ``share_prefix=True`` (KnowMem's in-context examples): the longest token prefix common to every prompt is
+  encoded ONCE and its key/value cache copied into each batch; a row is then [prefix][pads][own suffix], and
+  positions come from the attention mask as above, so each row still sees the positions of its unpadded prompt.
+- A batch stops when every row has met a stop token (transformers' ``generate``), and rows of similar length share
+  a batch (length-sorted), so finished or short rows cost little.
+- On an accelerator a batch that runs out of memory is split in halves and the smaller size kept for the rest.
+- ``verified_generate`` keeps the guarantee "batched greedy output = batch-size-1 output" but checks it cheaply
+  (one batch-1 forward per checked item, not one per generated token) and once per model and settings.
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import inspect
+import json
 import logging
+import os
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
@@ -134,25 +150,74 @@ class SeededGumbelSampler(LogitsProcessor):
         return logp + gumbel
 
 
-@torch.inference_mode()
-def generate(model, tokenizer, prompts: Sequence, max_new_tokens: int, do_sample: bool = False,
-             temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32, seed: int = 0,
-             add_special_tokens: bool = True, stop_ids: Sequence[int] | None = None, chat: bool = False,
-             seeds: Sequence[int] | None = None, clean_up_tokenization_spaces: bool = False,
-             progress: bool | None = None) -> list[str]:
-    """Generate a continuation for every prompt, batched with left padding; outputs in the prompts' order.
+def _free_accelerator_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
-    - stops on ``stop_ids`` (default: EOS and ``<|end|>`` via ``models.tokenizer.stop_token_ids``);
-    - decodes the new token ids only, with ``skip_special_tokens=True``;
-    - ``do_sample``: per-item seeds ``seeds[i]`` or ``derive_seed(seed, i)`` (i = index in ``prompts``);
-    - prompts longer than the model context minus ``max_new_tokens`` are left-truncated (multi-turn rule,
-      evaluation.md §7.4) with a warning.
-    """
-    prompts = list(prompts)
-    if not prompts:
-        return []
-    if seeds is not None and len(seeds) != len(prompts):
-        raise ValueError("seeds must have one entry per prompt")
+
+def run_batches(batches: list[list[int]], run: Callable[[list[int]], None], what: str) -> int:
+    """``run(batch)`` for every batch; a batch that runs out of accelerator memory is split in halves and retried,
+    and later batches are cut to the size that fitted. Returns the largest batch size that ran."""
+    cap = max((len(b) for b in batches), default=1)
+    queue = [list(b) for b in batches]
+    used = 0
+    while queue:
+        batch = queue.pop(0)
+        if len(batch) > cap:
+            queue[:0] = [batch[i:i + cap] for i in range(0, len(batch), cap)]
+            continue
+        try:
+            run(batch)
+            used = max(used, len(batch))
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            _free_accelerator_memory()
+            cap = max(1, (len(batch) + 1) // 2)
+            log.warning("%s: out of memory at batch size %d; continuing at %d", what, len(batch), cap)
+            queue.insert(0, batch)
+    return used or cap
+
+
+def common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every row."""
+    if not rows:
+        return 0
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for r in rows[1:]:
+        k = 0
+        while k < n and r[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
+def _cache_kwarg(model) -> str:
+    """transformers renamed ``generate(past_key_values=...)`` to ``cache=`` within 5.x; use the name it knows."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        params = {}
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _prefix_cache(model, prefix: list[int], device):
+    """Key/value cache of ``prefix`` (batch 1), computed once."""
+    out = model(input_ids=torch.tensor([prefix], dtype=torch.long, device=device), use_cache=True)
+    cache = getattr(out, "past_key_values", None)
+    if cache is None:
+        cache = getattr(out, "cache", None)
+    return cache
+
+
+@dataclass
+class Continuation:
+    ids: list[int]          # generated token ids, the stop token excluded
+    stop: int | None        # the stop token that ended the row (None: it ran to max_new_tokens)
+
+
+def _prepare_prompt_ids(model, tokenizer, prompts, max_new_tokens, add_special_tokens, chat) -> list[list[int]]:
     ids = encode_prompts(tokenizer, prompts, add_special_tokens=add_special_tokens, chat=chat)
     max_pos = _max_positions(model)
     if max_pos is not None:
@@ -161,45 +226,263 @@ def generate(model, tokenizer, prompts: Sequence, max_new_tokens: int, do_sample
         if n_cut:
             log.warning("generate: %d prompt(s) left-truncated to %d tokens (context %d)", n_cut, keep, max_pos)
             ids = [x[-keep:] for x in ids]
-    stops = [int(t) for t in (stop_ids if stop_ids is not None else stop_token_ids(tokenizer)) if t is not None]
+    return ids
+
+
+def _stop_list(tokenizer, stop_ids) -> list[int]:
+    return [int(t) for t in (stop_ids if stop_ids is not None else stop_token_ids(tokenizer)) if t is not None]
+
+
+@torch.inference_mode()
+def generate_tokens(model, tokenizer, prompts: Sequence, max_new_tokens: int, do_sample: bool = False,
+                    temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32, seed: int = 0,
+                    add_special_tokens: bool = True, stop_ids: Sequence[int] | None = None, chat: bool = False,
+                    seeds: Sequence[int] | None = None, progress: bool | None = None,
+                    share_prefix: bool = False) -> tuple[list[list[int]], list[Continuation], int]:
+    """(prompt token ids, continuation per prompt, largest batch size that ran); see ``generate``."""
+    prompts = list(prompts)
+    if not prompts:
+        return [], [], int(batch_size)
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError("seeds must have one entry per prompt")
+    ids = _prepare_prompt_ids(model, tokenizer, prompts, max_new_tokens, add_special_tokens, chat)
+    stops = _stop_list(tokenizer, stop_ids)
+    stop_set = set(stops)
     pad = _pad_id(tokenizer)
     device = model_device(model)
     gen_cfg = GenerationConfig(max_new_tokens=int(max_new_tokens), do_sample=False, num_beams=1,
                                eos_token_id=stops or None, pad_token_id=pad,
                                bos_token_id=getattr(tokenizer, "bos_token_id", None))
+    # shared prefix: every row keeps at least one token of its own, so the first step has an input
+    n_pre = common_prefix_len(ids) if share_prefix and len(ids) > 1 else 0
+    n_pre = min(n_pre, min(len(x) for x in ids) - 1)
     was_training = model.training
     model.eval()
-    results: list[str | None] = [None] * len(prompts)
+    prefix_cache = _prefix_cache(model, ids[0][:n_pre], device) if n_pre > 0 else None
+    cache_kw = _cache_kwarg(model)
+    results: list[Continuation | None] = [None] * len(prompts)
     bar = _progress(len(prompts), "generate", progress)
+
+    def run(batch: list[int]) -> None:
+        width = max(len(ids[i]) for i in batch)  # prefix + the longest suffix
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):
+            n = len(ids[i])
+            input_ids[r, width - n + n_pre:] = torch.tensor(ids[i][n_pre:], dtype=torch.long)
+            attn[r, width - n + n_pre:] = 1
+            if n_pre:  # [prefix][pads][suffix]: the pads sit between the cached prefix and the row's own tokens
+                input_ids[r, :n_pre] = torch.tensor(ids[i][:n_pre], dtype=torch.long)
+                attn[r, :n_pre] = 1
+        processors = LogitsProcessorList()
+        if do_sample:
+            row_seeds = [seeds[i] if seeds is not None else derive_seed(seed, i) for i in batch]
+            processors.append(SeededGumbelSampler(row_seeds, temperature, top_p))
+        extra = {}
+        if prefix_cache is not None:  # generate extends the cache in place: each batch gets its own copy
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(batch))
+            extra[cache_kw] = cache
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device),
+                             generation_config=gen_cfg, logits_processor=processors, **extra)
+        new = out[:, width:].tolist()
+        for r, i in enumerate(batch):
+            toks, stop = new[r], None
+            for j, t in enumerate(toks):
+                if t in stop_set:
+                    toks, stop = toks[:j], t
+                    break
+            results[i] = Continuation(toks, stop)
+        bar.update(len(batch))
+
     try:
-        for batch in _length_sorted_batches([len(x) for x in ids], batch_size):
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, i in enumerate(batch):
-                n = len(ids[i])
-                input_ids[r, width - n:] = torch.tensor(ids[i], dtype=torch.long)
-                attn[r, width - n:] = 1
-            processors = LogitsProcessorList()
-            if do_sample:
-                row_seeds = [seeds[i] if seeds is not None else derive_seed(seed, i) for i in batch]
-                processors.append(SeededGumbelSampler(row_seeds, temperature, top_p))
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device),
-                                 generation_config=gen_cfg, logits_processor=processors)
-            new = out[:, width:].tolist()
-            for r, i in enumerate(batch):
-                toks = new[r]
-                for j, t in enumerate(toks):
-                    if t in stops:
-                        toks = toks[:j]
-                        break
-                results[i] = decode(tokenizer, toks, clean_up_tokenization_spaces)
-            bar.update(len(batch))
+        used = run_batches(_length_sorted_batches([len(x) for x in ids], batch_size), run, "generate")
     finally:
         bar.close()
         if was_training:
             model.train()
-    return [r if r is not None else "" for r in results]
+    return ids, [r if r is not None else Continuation([], None) for r in results], used
+
+
+def generate(model, tokenizer, prompts: Sequence, max_new_tokens: int, do_sample: bool = False,
+             temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32, seed: int = 0,
+             add_special_tokens: bool = True, stop_ids: Sequence[int] | None = None, chat: bool = False,
+             seeds: Sequence[int] | None = None, clean_up_tokenization_spaces: bool = False,
+             progress: bool | None = None, share_prefix: bool = False) -> list[str]:
+    """Generate a continuation for every prompt, batched with left padding; outputs in the prompts' order.
+
+    - stops on ``stop_ids`` (default: EOS and ``<|end|>`` via ``models.tokenizer.stop_token_ids``);
+    - decodes the new token ids only, with ``skip_special_tokens=True``;
+    - ``do_sample``: per-item seeds ``seeds[i]`` or ``derive_seed(seed, i)`` (i = index in ``prompts``);
+    - prompts longer than the model context minus ``max_new_tokens`` are left-truncated (multi-turn rule,
+      evaluation.md §7.4) with a warning;
+    - ``share_prefix``: encode the prompts' common token prefix once and reuse its key/value cache.
+    """
+    _, conts, _ = generate_tokens(model, tokenizer, prompts, max_new_tokens, do_sample=do_sample,
+                                  temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
+                                  add_special_tokens=add_special_tokens, stop_ids=stop_ids, chat=chat, seeds=seeds,
+                                  progress=progress, share_prefix=share_prefix)
+    return [decode(tokenizer, c.ids, clean_up_tokenization_spaces) for c in conts]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# batched = batch 1, checked once per model and settings
+# ---------------------------------------------------------------------------------------------------------------
+
+# A float32 forward of the whole sequence and the step-by-step cached decoding of generate differ by rounding only
+# (~1e-5 on logits); a greedy choice whose top-two logit gap exceeds this cannot flip between them. Closer calls
+# are settled by a real batch-1 ``generate`` of that item.
+NEAR_TIE_GAP = 5e-3
+VERDICT_VERSION = 1
+_VERDICTS: dict[str, bool] = {}   # this process's verdicts (one job evaluates one model: KnowMem forget = retain)
+
+
+def _has_hooks(model) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def model_fingerprint(model) -> str | None:
+    """What the verdict is about: the weights' folder (its sha256 manifest, when there is one) and the weights in
+    memory (a float64 sum per tensor, which any edit after loading changes). None for a model with forward hooks
+    (its behaviour is not its weights')."""
+    if _has_hooks(model):
+        return None
+    h = hashlib.sha256()
+    path = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    manifest = Path(str(path)) / "weights_manifest.json" if path else None
+    if manifest is not None and manifest.is_file():
+        h.update(b"folder:" + manifest.read_bytes())
+    else:
+        h.update(f"memory:{type(model).__name__}".encode())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}:{float(torch.sum(p, dtype=torch.float64))!r}".encode())
+    return h.hexdigest()
+
+
+def verdict_dir() -> Path:
+    """Where verdicts persist between jobs: ``$RU_EVAL_CACHE`` or ``~/.cache/robust_unlearning`` (never the model
+    folder: pipeline outputs stay as their job wrote them)."""
+    root = os.environ.get("RU_EVAL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "robust_unlearning")
+    return Path(root) / "batch_verdicts"
+
+
+def verdict_key(model, batch_size: int, max_new_tokens: int, share_prefix: bool) -> tuple[str | None, bool]:
+    """(key, persistent): the key names the model and every setting the verdict depends on; ``persistent`` only
+    for a model loaded from a folder with a weights manifest (others are remembered in this process only)."""
+    fp = model_fingerprint(model)
+    if fp is None:
+        return None, False
+    import transformers
+
+    dtype = str(next(model.parameters()).dtype) if any(True for _ in model.parameters()) else "none"
+    settings = {"model": fp, "dtype": dtype, "device": model_device(model).type, "batch_size": int(batch_size),
+                "max_new_tokens": int(max_new_tokens), "padding_side": "left", "share_prefix": bool(share_prefix),
+                "torch": torch.__version__, "transformers": transformers.__version__, "version": VERDICT_VERSION}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+    path = getattr(model, "name_or_path", None)
+    persistent = bool(path) and (Path(str(path)) / "weights_manifest.json").is_file()
+    return key, persistent
+
+
+def _read_verdict(key: str) -> bool | None:
+    try:
+        doc = json.loads((verdict_dir() / f"{key}.json").read_text())
+        return bool(doc["batched_equals_batch1"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_verdict(key: str, ok: bool, info: dict) -> None:
+    """Atomic (temp file + rename): concurrent jobs write the same verdict; a read-only cache is only logged."""
+    from ..utils.io import atomic_write_json
+
+    try:
+        atomic_write_json(verdict_dir() / f"{key}.json", {"batched_equals_batch1": bool(ok), **info})
+    except OSError as exc:
+        log.info("batch verdict not saved (%s); it will be checked again next time", exc)
+
+
+@torch.inference_mode()
+def greedy_matches_batch1(model, tokenizer, prompt_ids: Sequence[list[int]], conts: Sequence[Continuation],
+                          max_new_tokens: int, gen_kw: dict) -> bool:
+    """True iff batch-size-1 greedy decoding reproduces every continuation.
+
+    In float32 one batch-1 forward over prompt + continuation checks every step at once: each generated token
+    (and the stop token) must be the argmax given the tokens before it, by a margin above rounding. A near tie
+    before any clear disagreement, or a model in another dtype, is settled by a real batch-1 ``generate``.
+    """
+    device = model_device(model)
+    fp32 = next(model.parameters()).dtype == torch.float32
+    for p, c in zip(prompt_ids, conts):
+        full = list(c.ids) + ([c.stop] if c.stop is not None else [])
+        complete = c.stop is not None or len(c.ids) == int(max_new_tokens)  # else: ask generate itself
+        if fp32 and full and complete:
+            seq = list(p) + full[:-1]
+            logits = model(input_ids=torch.tensor([seq], dtype=torch.long, device=device)).logits[0, len(p) - 1:]
+            top = logits.float().topk(2, dim=-1)
+            same = (top.indices[:, 0] == torch.tensor(full, device=top.indices.device)).tolist()
+            clear = ((top.values[:, 0] - top.values[:, 1]) > NEAR_TIE_GAP).tolist()
+            first = next((j for j in range(len(full)) if not (same[j] and clear[j])), None)
+            if first is None:
+                continue                  # every step is batch 1's clear choice
+            if clear[first]:
+                return False              # batch 1 clearly picks another token here
+        _, ref, _ = generate_tokens(model, tokenizer, [list(p)], max_new_tokens, batch_size=1, **gen_kw)
+        if ref[0].ids != list(c.ids) or ref[0].stop != c.stop:
+            return False
+    return True
+
+
+def verified_generate(model, tokenizer, prompts: Sequence, max_new_tokens: int, batch_size: int = 32,
+                      verify: bool = True, verify_n: int = 8, tag: str = "generate",
+                      clean_up_tokenization_spaces: bool = False, share_prefix: bool = False,
+                      **kw) -> tuple[list[str], int]:
+    """Batched greedy generation, used only where batch size 1 gives the same tokens (evaluation.md §1,
+    [our choice]); otherwise the whole list is generated at batch size 1. Returns (outputs, batch size used).
+
+    The check (``greedy_matches_batch1`` on the first ``verify_n`` items) runs once per model and settings
+    (dtype, device, batch size, generation length, padding side, prefix sharing, library versions): its verdict
+    is remembered in this process and, for a model loaded from a folder with a weights manifest, in
+    ``verdict_dir()``, so later metrics and later jobs on the same model skip it or go straight to batch 1.
+    """
+    prompts = list(prompts)
+    bs = int(batch_size)
+    gen_kw = {k: v for k, v in kw.items() if k in ("add_special_tokens", "stop_ids", "chat", "progress")}
+    if kw.get("do_sample"):
+        return generate(model, tokenizer, prompts, max_new_tokens, batch_size=bs,
+                        clean_up_tokenization_spaces=clean_up_tokenization_spaces, share_prefix=share_prefix,
+                        **kw), bs
+    if bs <= 1 or len(prompts) <= 1 or not verify:
+        out = generate(model, tokenizer, prompts, max_new_tokens, batch_size=bs,
+                       clean_up_tokenization_spaces=clean_up_tokenization_spaces, share_prefix=share_prefix, **kw)
+        return out, bs
+    key, persistent = verdict_key(model, bs, max_new_tokens, share_prefix)
+    verdict = _VERDICTS.get(key) if key else None
+    if verdict is None and key and persistent:
+        verdict = _read_verdict(key)
+    if verdict is False:
+        log.info("%s: batched generation is known to differ from batch size 1 for this model; batch size 1", tag)
+    else:
+        pids, conts, used = generate_tokens(model, tokenizer, prompts, max_new_tokens, batch_size=bs,
+                                            share_prefix=share_prefix, **kw)
+        if verdict is None:
+            n = min(int(verify_n), len(prompts))
+            check_kw = {**gen_kw, "progress": False}
+            verdict = greedy_matches_batch1(model, tokenizer, pids[:n], conts[:n], max_new_tokens, check_kw)
+            if key:
+                _VERDICTS[key] = verdict
+                if persistent:
+                    _write_verdict(key, verdict, {"tag": tag, "verify_n": n, "batch_size": bs,
+                                                  "max_new_tokens": int(max_new_tokens)})
+        if verdict:
+            return [decode(tokenizer, c.ids, clean_up_tokenization_spaces) for c in conts], used
+        log.warning("%s: batched generation differs from batch size 1 on the first %d items; "
+                    "regenerating at batch size 1", tag, min(int(verify_n), len(prompts)))
+    out = generate(model, tokenizer, prompts, max_new_tokens, batch_size=1,
+                   clean_up_tokenization_spaces=clean_up_tokenization_spaces, **kw)
+    return out, 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -287,32 +570,36 @@ def score_continuations(model, tokenizer, pairs: Sequence[tuple[list[int], list[
     was_training = model.training
     model.eval()
     bar = _progress(len(rows), "loglik", progress)
+
+    def run(batch: list[int]) -> None:
+        """One batch (split in halves by ``run_batches`` if it runs out of accelerator memory)."""
+        ids, attn = _right_pad([rows[i] for i in batch], pad)
+        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+        b_idx, p_idx, tgt, owner = [], [], [], []
+        for r, i in enumerate(batch):
+            for (k, start, cont) in row_reqs[i]:
+                for j, t in enumerate(cont):
+                    b_idx.append(r)
+                    p_idx.append(start + j)
+                    tgt.append(t)
+                    owner.append(k)
+        sel = logits[torch.tensor(b_idx, device=logits.device), torch.tensor(p_idx, device=logits.device)]
+        lp = torch.log_softmax(sel.float(), dim=-1)
+        tgt_t = torch.tensor(tgt, device=lp.device)
+        tok_lp = lp.gather(-1, tgt_t[:, None])[:, 0].cpu().tolist()
+        greedy = (lp.argmax(-1) == tgt_t).cpu().tolist()
+        acc: dict[int, list] = {}
+        for k, v, g in zip(owner, tok_lp, greedy):
+            a = acc.setdefault(k, [0.0, 0, True])
+            a[0] += v
+            a[1] += 1
+            a[2] = a[2] and bool(g)
+        for k, (v, n, g) in acc.items():
+            out[k] = ContinuationScore(float(v), int(n), bool(g))
+        bar.update(len(batch))
+
     try:
-        for batch in _length_sorted_batches([len(r) for r in rows], batch_size):
-            ids, attn = _right_pad([rows[i] for i in batch], pad)
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
-            b_idx, p_idx, tgt, owner = [], [], [], []
-            for r, i in enumerate(batch):
-                for (k, start, cont) in row_reqs[i]:
-                    for j, t in enumerate(cont):
-                        b_idx.append(r)
-                        p_idx.append(start + j)
-                        tgt.append(t)
-                        owner.append(k)
-            sel = logits[torch.tensor(b_idx, device=logits.device), torch.tensor(p_idx, device=logits.device)]
-            lp = torch.log_softmax(sel.float(), dim=-1)
-            tgt_t = torch.tensor(tgt, device=lp.device)
-            tok_lp = lp.gather(-1, tgt_t[:, None])[:, 0].cpu().tolist()
-            greedy = (lp.argmax(-1) == tgt_t).cpu().tolist()
-            acc: dict[int, list] = {}
-            for k, v, g in zip(owner, tok_lp, greedy):
-                a = acc.setdefault(k, [0.0, 0, True])
-                a[0] += v
-                a[1] += 1
-                a[2] = a[2] and bool(g)
-            for k, (v, n, g) in acc.items():
-                out[k] = ContinuationScore(float(v), int(n), bool(g))
-            bar.update(len(batch))
+        run_batches(_length_sorted_batches([len(r) for r in rows], batch_size), run, "loglik")
     finally:
         bar.close()
         if was_training:
@@ -349,26 +636,30 @@ def token_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int = 16,
     was_training = model.training
     model.eval()
     bar = _progress(len(ids), "token logprobs", progress)
+
+    def run(batch: list[int]) -> None:
+        """One batch (split in halves by ``run_batches`` if it runs out of accelerator memory)."""
+        ids_t, attn = _right_pad([ids[i] for i in batch], pad)
+        logits = model(input_ids=ids_t.to(device), attention_mask=attn.to(device)).logits
+        for r, i in enumerate(batch):
+            n = len(ids[i])
+            if n < 2:
+                empty = torch.zeros(0, dtype=torch.float64)
+                out[i] = {"logprobs": empty, **({"mu": empty, "sigma2": empty} if with_stats else {})}
+                continue
+            lp = torch.log_softmax(logits[r, : n - 1].float(), dim=-1)
+            tgt = ids_t[r, 1:n].to(lp.device)
+            rec = {"logprobs": lp.gather(-1, tgt[:, None])[:, 0].double().cpu()}
+            if with_stats:
+                plp = lp.exp() * lp  # p·log p, computed once for both moments (same operations, same bits)
+                mu = plp.sum(-1)
+                rec["mu"] = mu.double().cpu()
+                rec["sigma2"] = ((plp * lp).sum(-1) - mu * mu).double().cpu()
+            out[i] = rec
+        bar.update(len(batch))
+
     try:
-        for batch in _length_sorted_batches([len(x) for x in ids], batch_size):
-            ids_t, attn = _right_pad([ids[i] for i in batch], pad)
-            logits = model(input_ids=ids_t.to(device), attention_mask=attn.to(device)).logits
-            for r, i in enumerate(batch):
-                n = len(ids[i])
-                if n < 2:
-                    empty = torch.zeros(0, dtype=torch.float64)
-                    out[i] = {"logprobs": empty, **({"mu": empty, "sigma2": empty} if with_stats else {})}
-                    continue
-                lp = torch.log_softmax(logits[r, : n - 1].float(), dim=-1)
-                tgt = ids_t[r, 1:n].to(lp.device)
-                rec = {"logprobs": lp.gather(-1, tgt[:, None])[:, 0].double().cpu()}
-                if with_stats:
-                    p = lp.exp()
-                    mu = (p * lp).sum(-1)
-                    rec["mu"] = mu.double().cpu()
-                    rec["sigma2"] = ((p * lp * lp).sum(-1) - mu * mu).double().cpu()
-                out[i] = rec
-            bar.update(len(batch))
+        run_batches(_length_sorted_batches([len(x) for x in ids], batch_size), run, "token logprobs")
     finally:
         bar.close()
         if was_training:
@@ -376,7 +667,8 @@ def token_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int = 16,
     return out  # type: ignore[return-value]
 
 
-__all__ = ["generate", "decode", "clean_up_tokenization", "sequence_logprobs", "token_logprobs",
+__all__ = ["generate", "generate_tokens", "verified_generate", "greedy_matches_batch1", "Continuation",
+           "common_prefix_len", "run_batches", "decode", "clean_up_tokenization", "sequence_logprobs", "token_logprobs",
            "score_continuations", "encode_pair", "encode_prompts", "ContinuationScore", "SeededGumbelSampler",
            "model_device"]
 

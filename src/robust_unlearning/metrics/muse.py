@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .generation import decode
+from .generation import decode, verified_generate
 from .registry import EvalContext, item_id, record, register_metric
 
 KNOWMEM_CUTS = ("\n\n", "\nQuestion", "Question:")  # applied in this order (§1.2)
@@ -56,6 +56,18 @@ def knowmem_scores(outputs: Sequence[str], answers: Sequence[str]) -> list[dict]
     return [rouge(a, cut_knowmem_output(o)) for o, a in zip(outputs, answers)]
 
 
+def _generate(ctx: EvalContext, prompts: list[str], max_new_tokens: int, tag: str,
+              share_prefix: bool = False) -> tuple[list[str], int]:
+    """Greedy MUSE generation (BOS added, classic clean-up on decode), batched where batch size 1 gives the same
+    tokens (``generation.verified_generate``: checked once per model and settings)."""
+    outs, used = verified_generate(ctx.model, ctx.tokenizer, prompts, max_new_tokens, batch_size=ctx.cfg.batch_size,
+                                   verify=ctx.cfg.verify_batching, verify_n=ctx.cfg.verify_n, tag=tag,
+                                   add_special_tokens=True, clean_up_tokenization_spaces=True,
+                                   share_prefix=share_prefix, progress=ctx.cfg.progress)
+    ctx.batch_checks[tag] = used != 1 or int(ctx.cfg.batch_size) <= 1
+    return outs, used
+
+
 _KNOWMEM_FILES = {"forget": ("forget_qa", "forget_qa_icl"), "retain": ("retain_qa", "retain_qa_icl")}
 
 
@@ -69,8 +81,8 @@ def knowmem_metric(ctx: EvalContext, split: str):
     if not rows:
         return {}, []
     prompts = [knowmem_prompt(r["question"], icl, ctx.cfg.knowmem_trailing_space) for r in rows]
-    outputs, used_bs = ctx.generate(prompts, ctx.cfg.knowmem_max_new_tokens, tag=name,
-                                    add_special_tokens=True, clean_up_tokenization_spaces=True)
+    # the in-context examples are the same for every question: encoded once, their key/value cache reused
+    outputs, used_bs = _generate(ctx, prompts, ctx.cfg.knowmem_max_new_tokens, name, share_prefix=True)
     items, f1, rec, r1 = [], [], [], []
     for i, (row, prompt, out) in enumerate(zip(rows, prompts, outputs)):
         cut = cut_knowmem_output(out)
@@ -100,8 +112,7 @@ def verbmem_metric(ctx: EvalContext, split: str = "forget"):
         return {}, []
     n_new = int(ctx.cfg.verbmem_max_new_tokens)
     prompts = [r["prompt"] for r in rows]
-    outputs, used_bs = ctx.generate(prompts, n_new, tag="forget_verbmem", add_special_tokens=True,
-                                    clean_up_tokenization_spaces=True)
+    outputs, used_bs = _generate(ctx, prompts, n_new, "forget_verbmem")
     items, f1, rec, r1 = [], [], [], []
     for i, (row, out) in enumerate(zip(rows, outputs)):
         s = rouge(verbmem_reference(ctx.tokenizer, row["gt"], n_new), out)
