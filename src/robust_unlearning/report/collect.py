@@ -23,9 +23,13 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 
 from robust_unlearning.report.common import (
-    COLUMNS, COST_METRICS, DEFAULT_PARAMS, KEY, NONE_ATTACK, PROMPT_ATTACKS, US_METRICS, parse_model_id,
-    sort_tidy)
+    COLUMNS, COST_METRICS, DEFAULT_PARAMS, KEY, NONE_ATTACK, NOT_COMPUTABLE, PROMPT_ATTACKS, US_METRICS,
+    parse_model_id, sort_tidy)
 from robust_unlearning.utils.io import DataFormatError, read_json
+
+# Run-level training-term means (methods/gradients.py TERM_METRICS), written into run.json "cost" by every
+# gradient method and read like the cost numbers (0.0 = the method's update has no such term).
+COST_METRICS = COST_METRICS + ["probe_grad_ratio", "sam_loss_gain", "gcd_removed_fraction"]
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +149,34 @@ def _read_evals(bench: Path, rows: _Rows, scored: list[tuple[str, str, str, dict
         if not metrics:
             rows.add(model_id, attack, aparams, "", math.nan, status if status != "ok" else "failed",
                      note="metrics.json without metrics")
+        empty = _judged_nothing(metrics)
         for name, value in metrics.items():
             if attack == NONE_ATTACK and name in COST_METRICS and model_id.startswith("unlearn/"):
                 continue  # cost comes from run.json (one source per number)
             note = "" if raw[name] is None or not math.isnan(value) else "non-numeric or non-finite value"
-            rows.add(model_id, attack, aparams, name, value, status, n_items.get(name), judge, note)
+            row_status, n = status, n_items.get(name)
+            if empty and _is_rate(name):  # a rate over nothing: not a measured 0 (nor a perfect defence)
+                value, row_status, n, note = math.nan, "missing", 0, f"{NOT_COMPUTABLE}: nothing was judged (n_items = 0)"
+            elif name == "privleak" and "privleak_auc_retrain_published" in metrics:
+                note = ("AUC_retrain: published MUSE constant (no retrain oracle)"
+                        if metrics["privleak_auc_retrain_published"] == 1.0 else "AUC_retrain: this run's retrain oracle")
+            rows.add(model_id, attack, aparams, name, value, row_status, n, judge, note)
+        if empty:
+            metrics = {k: (math.nan if _is_rate(k) else v) for k, v in metrics.items()}
         scored.append((model_id, attack, aparams, metrics, status))
+
+
+def _judged_nothing(metrics: Mapping[str, float]) -> bool:
+    """An attack evaluation whose judged set is empty (``n_judged`` or else ``n_items`` is 0)."""
+    if not any(_is_rate(k) for k in metrics):
+        return False
+    n = metrics.get("n_judged", metrics.get("n_items", math.nan))
+    return n == 0
+
+
+def _is_rate(name: str) -> bool:
+    """A judged rate (ASR, its interval and variants, refusal rate), undefined over an empty judged set."""
+    return name.startswith("asr") or name.startswith("refusal_rate")
 
 
 def _read_runs(bench: Path, rows: _Rows) -> dict[str, str]:
@@ -196,14 +222,29 @@ def _add_scores(rows: _Rows, scored: list[tuple[str, str, str, dict, str]], scor
         return
     target = next((m for mid, a, p, m, s in scored if mid == BASE_ID and a == NONE_ATTACK and p == DEFAULT_PARAMS),
                   None)
+    inputs = _us_inputs(mode)
+
+    def wants_score(attack: str, metrics: Mapping[str, float]) -> bool:
+        """A clean evaluation always has a US (or a visible missing one); an attacked one when it measured any
+        of the score's inputs (a model attack re-runs the clean metrics; an input attack reports ASR only)."""
+        return attack == NONE_ATTACK or any(k in metrics for k in inputs)
+
     if target is None:
-        log.warning("Unlearn Score rows skipped: no clean evaluation of %s (the target)", BASE_ID)
+        log.warning("Unlearn Score rows missing: no clean evaluation of %s (the target)", BASE_ID)
+        for model_id, attack, aparams, metrics, status in scored:
+            if attack == NONE_ATTACK:
+                rows.add(model_id, attack, aparams, "unlearn_score", math.nan, "missing",
+                         note=f"{NOT_COMPUTABLE}: no clean evaluation of {BASE_ID} (the target)")
         return
     target = {k: v for k, v in target.items() if not math.isnan(v)}
     asr: dict[str, list[float]] = {}
+    n_unmeasured: dict[str, int] = {}
     for model_id, attack, _, metrics, status in scored:
-        if attack in PROMPT_ATTACKS and status == "ok" and not math.isnan(metrics.get("asr", math.nan)):
-            asr.setdefault(model_id, []).append(metrics["asr"])
+        if attack in PROMPT_ATTACKS and status == "ok":
+            if math.isnan(metrics.get("asr", math.nan)):  # nothing judged: left out, never a perfect defence
+                n_unmeasured[model_id] = n_unmeasured.get(model_id, 0) + 1
+            else:
+                asr.setdefault(model_id, []).append(metrics["asr"])
     n_scored = 0
     for model_id, attack, aparams, metrics, status in scored:
         if all(k in metrics for k in US_METRICS):
@@ -211,22 +252,38 @@ def _add_scores(rows: _Rows, scored: list[tuple[str, str, str, dict, str]], scor
         kwargs: dict[str, Any] = {} if mode is None else {"mode": mode}
         if mode == "wmdp":
             kwargs["asr_values"] = asr.get(model_id) if attack == NONE_ATTACK else None
+        reason = ""
         try:
             result = score_fn({k: v for k, v in metrics.items() if not math.isnan(v)}, target, **kwargs)
+            values = {k: _float((result or {}).get(k)) for k in US_METRICS}
+            if math.isnan(values["unlearn_score"]):
+                reason = "the score function returned no value"
         except (KeyError, ValueError, TypeError, ZeroDivisionError) as exc:
-            log.debug("no Unlearn Score for %s %s/%s: %s", model_id, attack, aparams, exc)
-            continue
-        values = {k: _float((result or {}).get(k)) for k in US_METRICS}
-        if math.isnan(values["unlearn_score"]):
+            reason = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        if reason:
+            if wants_score(attack, metrics):
+                log.warning("no Unlearn Score for %s %s/%s: %s", model_id, attack, aparams, reason)
+                rows.add(model_id, attack, aparams, "unlearn_score", math.nan, "missing",
+                         note=f"{NOT_COMPUTABLE}: {reason}")
             continue
         note = "computed by report" + ("; no privacy axis: US = sqrt(U*E)" if math.isnan(values["us_privacy"])
                                        else "")
+        if mode == "wmdp" and attack == NONE_ATTACK and n_unmeasured.get(model_id):
+            note += f"; {n_unmeasured[model_id]} prompt attack(s) judged nothing, left out of R"
         for name, value in values.items():
             if not math.isnan(value):
                 rows.add(model_id, attack, aparams, name, value, status, note=note)
         n_scored += 1
     if not n_scored:
         log.warning("no evaluation could be given an Unlearn Score (mode %s; inputs absent?)", mode or "default")
+
+
+def _us_inputs(mode: str | None) -> tuple[str, ...]:
+    try:
+        from robust_unlearning.metrics.unlearn_score import input_metrics
+    except ImportError:
+        return ()
+    return input_metrics(mode)
 
 
 def _normalise_expected(expected: Iterable[Any] | None) -> list[tuple[str, str, str]]:
