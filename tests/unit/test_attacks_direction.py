@@ -41,3 +41,24 @@ def test_direction_prepare_evaluate(micro_model, tiny_tokenizer, tmp_path, monke
     D.Direction.prepare(src, S.FakeBench(), {"mode": "ablate", "max_new_tokens": 4}, tmp_path / "b", 0, "cpu")
     m2, _ = D.Direction.evaluate(micro_model, tiny_tokenizer, S.FakeBench(), tmp_path / "b", {}, seed=0)
     assert m2["forget_mcq_acc_clean"] == m["forget_mcq_acc_clean"]
+
+
+def test_diff_ablate_removes_what_unlearning_changed(micro_model, tiny_tokenizer, tmp_path):
+    """Prepared on the original model: attacking the original itself changes nothing (every d_l = 0); on a
+    changed model, each block's output loses its component along that block's d̂_l."""
+    src = S.save_tiny(micro_model, tiny_tokenizer, tmp_path / "m")
+    D.Direction.prepare(src, S.FakeBench(), {"mode": "diff_ablate", "lam": 1.0, "max_new_tokens": 4},
+                        tmp_path / "a", 0, "cpu")
+    m, _ = D.Direction.evaluate(micro_model, tiny_tokenizer, S.FakeBench(), tmp_path / "a", {}, seed=0)
+    assert m["n_ablated_layers"] == 0 and m["diff_norm_max"] == 0.0 and m["asr"] == m["asr_clean"]
+    with torch.no_grad():  # "unlearning": shift block 0's output projection
+        micro_model.model.layers[0].mlp.down_proj.weight.add_(0.05)
+    from safetensors.torch import load_file
+    base = load_file(str(tmp_path / "a" / D.VECTORS))["base_means"]
+    _, d_b = anchor_prompts(S.FakeBench(), "mcq")
+    dirs, _ = D.diff_directions(D.forget_block_means(micro_model, tiny_tokenizer, d_b, 0), base)
+    assert set(dirs) == {0, 1}
+    with D.direction_hooks(micro_model, "diff_ablate", None, 0.0, 0, [], per_layer=dirs, lam=1.0):
+        with capture_block_output(micro_model, 1) as st:
+            D.last_token_block_output(micro_model, tiny_tokenizer, d_b, 1)
+    assert (st["h"] @ dirs[1]).abs().max() < 1e-4
