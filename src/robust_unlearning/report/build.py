@@ -19,6 +19,8 @@ def build_report(bench_dir: str | os.PathLike, benchmark: str, expected: Iterabl
     bench = Path(bench_dir)
     df = collect_results(bench, benchmark, expected)
     written = write_tables(df, bench / "tables")
+    from robust_unlearning.report.paired import write_paired_tables   # intervals.csv, paired.csv (any seeds)
+    written += write_paired_tables(df, bench / "tables")
     written += write_figures(df, bench / "figures", landscape_files=landscape_files)
     n_bad = int((df["status"] != "ok").sum()) if not df.empty else 0
     log.info("report for %s: %d rows (%d not ok), %d files", benchmark, len(df), n_bad, len(written))
