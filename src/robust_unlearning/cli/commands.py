@@ -1,16 +1,19 @@
-"""Implementations of the `ru` subcommands (one per rule). Heavy imports stay inside the functions."""
+"""Implementations of the `ru` subcommands (one per rule). Heavy imports (torch and everything that pulls it in,
+such as ``utils.repro``) stay inside the functions, so that `ru --help` and `ru validate-config` start quickly."""
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 from ..utils.io import atomic_write_json, atomic_write_jsonl, read_json
-from ..utils.repro import configure_threads, pick_device, provenance, seed_everything
+
+log = logging.getLogger("robust_unlearning.cli")
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A job's summary line; reaches the job log through the logging set up by ``ru`` (silenced by -q)."""
+    log.info("%s", msg)
 
 
 def cmd_validate_config(args) -> int:
@@ -33,6 +36,7 @@ def cmd_prepare_data(args) -> int:
 
 def cmd_cache_model(args) -> int:
     from ..models.cache import cache_model
+    from ..utils.repro import configure_threads
 
     configure_threads(args.threads)
     summary = cache_model(args.model, Path(args.data), Path(args.out), role=args.role,
@@ -52,6 +56,7 @@ def cmd_train_probe(args) -> int:
     from ..data.formats import Benchmark
     from ..data.unlearning_sets import build_examples
     from ..methods.probe import train_probe
+    from ..utils.repro import configure_threads, seed_everything
 
     configure_threads(args.threads)
     seed_everything(args.seed)
@@ -69,6 +74,7 @@ def cmd_unlearn(args) -> int:
     from ..data.formats import Benchmark
     from ..data.unlearning_sets import build_examples
     from ..methods import run_unlearning
+    from ..utils.repro import configure_threads, pick_device, seed_everything
 
     threads = configure_threads(args.threads)
     seed_everything(args.seed)
@@ -96,6 +102,7 @@ def _run_status(run_json: str | None) -> str:
 def cmd_attack(args) -> int:
     from ..attacks.registry import get_attack
     from ..data.formats import Benchmark
+    from ..utils.repro import configure_threads, pick_device, seed_everything
 
     configure_threads(args.threads)
     seed_everything(args.seed)
@@ -113,6 +120,7 @@ def cmd_attack(args) -> int:
 def cmd_evaluate(args) -> int:
     from ..data.formats import Benchmark
     from ..metrics.evaluate import evaluate_model
+    from ..utils.repro import configure_threads, pick_device, provenance, seed_everything
 
     configure_threads(args.threads)
     seed_everything(args.seed)
@@ -185,6 +193,7 @@ def cmd_aggregate(args) -> int:
 def cmd_landscape(args) -> int:
     from ..data.formats import Benchmark
     from ..metrics.landscape import loss_landscape_1d
+    from ..utils.repro import configure_threads
 
     configure_threads(args.threads)
     model, tok = _load(args.model_dir)

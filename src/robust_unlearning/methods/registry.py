@@ -45,8 +45,11 @@ def get_method(name: str) -> type:
 
 
 def _ensure_loaded() -> None:
-    """Import every method module once so that their ``@register_method`` decorators have run."""
+    """Import every method module once so that their ``@register_method`` decorators have run, then the
+    plugins named in ``RU_PLUGINS`` (methods defined outside the package; see ``robust_unlearning.plugins``)."""
     import importlib
+
+    from ..plugins import load_plugins
 
     for mod in _METHOD_MODULES:
         try:
@@ -54,6 +57,7 @@ def _ensure_loaded() -> None:
         except ModuleNotFoundError as exc:  # pragma: no cover - only while a module is being written
             if exc.name != f"{__package__}.{mod}":
                 raise
+    load_plugins()
 
 
 _METHOD_MODULES = ("ga", "graddiff", "npo", "simnpo", "rmu", "sam_npo", "task_vector", "prism", "finetuning")

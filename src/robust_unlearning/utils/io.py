@@ -144,6 +144,31 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
     return rows
 
 
+def load_settings(text: str) -> Any:
+    """A settings argument: inline JSON (``'{"lr": 1e-5}'``), or the path of a ``.json`` / ``.yaml`` / ``.yml``
+    file holding the same. Raises ``ValueError`` naming the file (and line) or saying why the text is neither."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        inline_error = exc
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(f"neither inline JSON ({inline_error.msg} at column {inline_error.colno}) nor an existing "
+                         f"settings file: {text!r}")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(_read_text(path))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise DataFormatError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    if path.suffix.lower() == ".json":
+        return read_json(path)
+    raise ValueError(f"{path}: a settings file must end in .json, .yaml or .yml")
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
