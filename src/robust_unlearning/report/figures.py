@@ -2,7 +2,12 @@
 
 A figure whose data is absent is skipped with a logged note, never an error; :func:`write_figures`
 returns the files it wrote. Files: ``relearning_curves``, ``tradeoff``, ``attack_heatmap_<metric>``,
-``prism_ablation``, and ``loss_landscape`` when precomputed 1-D slices are given.
+``prism_ablation``, ``training_terms`` (from the runs' ``train_log.jsonl``), and ``loss_landscape`` when
+precomputed 1-D slices are given.
+
+Every figure names a configuration the same way (``PRISM w/o probe``, not its parameter string; the raw
+parameters stay in the CSV) and draws it with the same colour and marker, fixed over the whole results tree.
+Bands and error bars are 95 % t-intervals over seeds (report/paired.py), absent with one seed.
 """
 from __future__ import annotations
 
@@ -29,7 +34,10 @@ log = logging.getLogger(__name__)
 
 FORGET_PRIORITY = ["forget_mcq_acc", "forget_verbmem", "forget_knowmem", "forget_mcq_acc_letter"]
 FORGET_PRIORITY_WMDP = ["forget_mcq_acc_letter", "forget_mcq_acc", "forget_knowmem", "forget_verbmem"]
-UTILITY_PRIORITY = ["retain_knowmem", "retain_mcq_acc", "retain_mcq_acc_letter", "us_utility"]
+# utility axis: retain MCQ on the synthetic world (its KnowMem_r is ~0 for a small model), KnowMem_r on MUSE,
+# general MCQ (MMLU) on WMDP
+UTILITY_PRIORITY = ["retain_mcq_acc", "general_mcq_acc", "retain_mcq_acc_letter", "us_utility", "retain_knowmem"]
+UTILITY_PRIORITY_MUSE = ["retain_knowmem", "us_utility", "retain_mcq_acc"]
 _PNG_META = {"Software": None}
 _PDF_META = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
 
@@ -54,16 +62,78 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     return written
 
 
+def _is_zero(text: str | None) -> bool:
+    try:
+        return float(text) == 0.0
+    except (TypeError, ValueError):
+        return False
+
+
+def readable_label(method: str, params: str) -> str:
+    """``prism`` + ``gamma-max~0_gcd-scope~global_rho~0.01`` → ``PRISM w/o probe``; ablations joined by ", "."""
+    label = method_label(method, params)
+    if method != "prism":
+        return label
+    d = parse_params(params)
+    off = []
+    if _is_zero(d.get("gamma_max")) or _is_zero(d.get("gamma_target")) or d.get("gamma_schedule") == "off":
+        off.append("probe")
+    if _is_zero(d.get("rho")):
+        off.append("SAM")
+    if d.get("gcd_scope") == "none":
+        off.append("GCD")
+    if d.get("gamma_mode") == "relative" and "probe" not in off:
+        label += " (rel. γ)"
+    return label + (" w/o " + ", ".join(off) if off else "")
+
+
 def _names(configs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """Legend names: the method label, plus its params where two configurations share a label."""
-    labels = {c: method_label(*c) for c in configs}
-    dup = {v for v in labels.values() if list(labels.values()).count(v) > 1}
-    return {c: (f"{lab} ({c[1]})" if lab in dup else lab) for c, lab in labels.items()}
+    """Legend names: the readable label, plus the parameters that tell apart configurations sharing a label."""
+    labels = {c: readable_label(*c) for c in configs}
+    out = {}
+    for c, lab in labels.items():
+        same = [o for o in configs if labels[o] == lab]
+        if len(same) == 1:
+            out[c] = lab
+            continue
+        dicts = [parse_params(o[1]) for o in same]
+        keys = [k for k in sorted({k for d in dicts for k in d}) if len({d.get(k) for d in dicts}) > 1]
+        mine = parse_params(c[1])
+        out[c] = f"{lab} ({', '.join(f'{k}={mine.get(k, chr(183))}' for k in keys) or c[1]})"
+    return out
+
+
+# distinct colours (tab10 without its grey, then Dark2); black and grey are the base and retrain references
+_PALETTE = [plt.get_cmap("tab10")(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)] + \
+    [plt.get_cmap("Dark2")(i) for i in range(8)]
+_MARKERS = ["o", "s", "^", "v", "D", "P", "X", "h", "<", ">", "p", "*"]
+_REFERENCE = {"base": ("black", "*"), "retrain": ("dimgrey", "D")}
+
+
+def _styles(configs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, str]]:
+    """(colour, marker) per configuration; no two share both, references fixed."""
+    out, i = {}, 0
+    for c in configs:
+        if c[0] in _REFERENCE:
+            out[c] = _REFERENCE[c[0]]
+            continue
+        out[c] = (_PALETTE[i % len(_PALETTE)], _MARKERS[i % len(_MARKERS)])
+        i += 1
+    return out
 
 
 def _colors(configs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
-    cmap = plt.get_cmap("tab10")
-    return {c: cmap(i % 10) for i, c in enumerate(configs)}
+    return {c: st[0] for c, st in _styles(configs).items()}
+
+
+def _half_ci(cell) -> float:
+    """Half-width of the 95 % t-interval of a pooled cell (0 with one seed: no band)."""
+    from robust_unlearning.report.paired import t975
+
+    n = int(cell["n"]) if cell is not None else 0
+    if n < 2 or cell["std"] is None or not math.isfinite(cell["std"]):
+        return 0.0
+    return t975(n - 1) * float(cell["std"]) / math.sqrt(n)
 
 
 def primary_forget_metric(df: pd.DataFrame, candidates: Iterable[str] | None = None) -> str | None:
@@ -79,43 +149,45 @@ def _mlabel(metric: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- figures
-def relearning_curves(cells: Cells, out_dir: Path) -> list[Path]:
-    """Forget metric vs relearning steps (0 = clean) per method; one panel per forget metric."""
+def relearning_curves(cells: Cells, out_dir: Path, styles=None) -> list[Path]:
+    """The primary forget metric vs relearning steps (0 = clean), one panel per relearning subset (fraction or
+    other non-step parameters), one line per configuration with its 95 % seed band."""
     sub = cells.df[cells.df["attack"] == "relearn"]
     settings = [s for s in settings_order(cells.df, "relearn") if "steps" in parse_params(s)]
-    metrics = [m for m in forget_metrics(cells, ["relearn"]) if m != "asr"]
-    if sub.empty or not settings or not metrics:
+    metric = primary_forget_metric(cells.df, set(sub["metric"]) - {"asr"})
+    if sub.empty or not settings or metric is None:
         log.info("figure relearning_curves skipped: no relearning results with a steps parameter")
         return []
     configs = [c for c in config_order(sub) if c in set(zip(sub["method"], sub["params"]))]
-    names, colors = _names(configs), _colors(configs)
+    styles = styles or _styles(configs)
+    names = _names(configs)
     groups: dict[str, list[tuple[float, str]]] = {}  # other params (fraction …) → [(steps, setting)]
     for s in settings:
         d = parse_params(s)
         steps = float(d.pop("steps"))
         groups.setdefault(", ".join(f"{k}={v}" for k, v in sorted(d.items())), []).append((steps, s))
-    styles = ["-", "--", ":", "-."]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.4 * len(groups), 3.4), squeeze=False, sharey=True)
+    for ax, (gname, pts) in zip(axes[0], sorted(groups.items())):
         for c in configs:
-            for gi, (gname, pts) in enumerate(sorted(groups.items())):
-                xs, ys, es = [], [], []
-                clean = cells.cells.get((*c, NONE_ATTACK, DEFAULT_PARAMS, metric))
-                if clean is not None and clean["n"]:
-                    xs.append(0.0), ys.append(clean["mean"]), es.append(_nan0(clean["std"]))
-                for steps, s in sorted(pts):
-                    cell = cells.cells.get((*c, "relearn", s, metric))
-                    if cell is not None and cell["n"]:
-                        xs.append(steps), ys.append(cell["mean"]), es.append(_nan0(cell["std"]))
-                if len(xs) < 1 or (len(xs) == 1 and xs[0] == 0.0):
-                    continue
-                label = names[c] + (f" [{gname}]" if gname and len(groups) > 1 else "")
-                ax.errorbar(xs, ys, yerr=es, marker="o", ms=3, capsize=2, color=colors[c],
-                            linestyle=styles[gi % len(styles)], label=label)
-        ax.set_xlabel("relearning steps")
-        ax.set_ylabel(_mlabel(metric))
-        ax.set_title(_mlabel(metric))
+            xs, ys, hs = [], [], []
+            clean = cells.cells.get((*c, NONE_ATTACK, DEFAULT_PARAMS, metric))
+            if clean is not None and clean["n"]:
+                xs.append(0.0), ys.append(clean["mean"]), hs.append(_half_ci(clean))
+            for steps, s in sorted(pts):
+                cell = cells.cells.get((*c, "relearn", s, metric))
+                if cell is not None and cell["n"]:
+                    xs.append(steps), ys.append(cell["mean"]), hs.append(_half_ci(cell))
+            if len(xs) < 1 or (len(xs) == 1 and xs[0] == 0.0):
+                continue
+            color, marker = styles[c]
+            xs, ys, hs = np.array(xs), np.array(ys), np.array(hs)
+            ax.plot(xs, ys, marker=marker, ms=4, color=color, label=names[c])
+            if hs.any():
+                ax.fill_between(xs, ys - hs, ys + hs, color=color, alpha=0.15, lw=0)
+        ax.set_xlabel("relearning steps (0 = before the attack)")
+        ax.set_title(f"relearn on {gname}" if gname else "relearning", fontsize=9)
         ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{_mlabel(metric)} (forget; higher = knowledge recovered)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
@@ -127,37 +199,73 @@ def _nan0(x: float) -> float:
     return 0.0 if x is None or not math.isfinite(x) else float(x)
 
 
-def tradeoff(cells: Cells, out_dir: Path) -> list[Path]:
-    """Forgetting (x) vs utility (y) of clean models; base and retrain marked as reference points."""
+def utility_metric(df: pd.DataFrame, present: Iterable[str]) -> str | None:
+    """The utility axis: retain MCQ (synthetic), KnowMem_r (MUSE), general MCQ (WMDP)."""
+    present = set(present)
+    bench = str(df["benchmark"].iat[0]).lower() if not df.empty else ""
+    order = UTILITY_PRIORITY_MUSE if "muse" in bench else UTILITY_PRIORITY
+    return next((m for m in order if m in present), None)
+
+
+def _strongest_relearn(cells: Cells, metric: str) -> str | None:
+    """The relearning setting with the most steps (ties: the largest subset), or None."""
+    sub = cells.df[(cells.df["attack"] == "relearn") & (cells.df["metric"] == metric)]
+    best = None
+    for s in set(sub["setting"]):
+        d = parse_params(s)
+        try:
+            key = (float(d.get("steps", 0)), float(d.get("fraction", d.get("n", 0))))
+        except ValueError:
+            continue
+        if best is None or key > best[0]:
+            best = (key, s)
+    return best[1] if best else None
+
+
+def tradeoff(cells: Cells, out_dir: Path, styles=None) -> list[Path]:
+    """Utility (y) against forgetting (x): clean, and after the strongest relearning attack. Configurations of
+    the same method (e.g. an lr sweep) are joined into a frontier; error bars are 95 % seed intervals."""
     clean = cells.df[cells.df["attack"] == NONE_ATTACK]
     present = set(clean["metric"])
     fx = primary_forget_metric(cells.df, present)
-    uy = next((m for m in UTILITY_PRIORITY if m in present), None)
+    uy = utility_metric(cells.df, present)
     if fx is None or uy is None:
         log.info("figure tradeoff skipped: needs a clean forget metric and a utility metric")
         return []
     configs = config_order(clean)
-    names, colors = _names(configs), _colors(configs)
-    fig, ax = plt.subplots(figsize=(6.6, 4.0))
+    names, styles = _names(configs), styles or _styles(configs)
+    relearn = _strongest_relearn(cells, fx)
+    panels = [(NONE_ATTACK, DEFAULT_PARAMS, f"{_mlabel(fx)} clean")]
+    if relearn is not None:
+        panels.append(("relearn", relearn, f"{_mlabel(fx)} after {setting_label('relearn', relearn)}"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False, sharey=True)
     plotted = 0
-    for c in configs:
-        x = cells.cells.get((*c, NONE_ATTACK, DEFAULT_PARAMS, fx))
-        y = cells.cells.get((*c, NONE_ATTACK, DEFAULT_PARAMS, uy))
-        if x is None or y is None or not x["n"] or not y["n"]:
-            continue
-        marker, size, color = {"base": ("*", 14, "black"), "retrain": ("D", 8, "tab:green")}.get(
-            c[0], ("o", 6, colors[c]))
-        ax.errorbar(x["mean"], y["mean"], xerr=_nan0(x["std"]), yerr=_nan0(y["std"]), marker=marker, ms=size,
-                    color=color, capsize=2, linestyle="none", label=names[c])
-        plotted += 1
+    for ax, (attack, setting, xlabel) in zip(axes[0], panels):
+        frontier: dict[str, list[tuple[float, float]]] = {}
+        for c in configs:
+            x = cells.cells.get((*c, attack, setting, fx))
+            y = cells.cells.get((*c, NONE_ATTACK, DEFAULT_PARAMS, uy))
+            if x is None or y is None or not x["n"] or not y["n"]:
+                continue
+            color, marker = styles[c]
+            ax.errorbar(x["mean"], y["mean"], xerr=_half_ci(x), yerr=_half_ci(y), marker=marker,
+                        ms=10 if marker == "*" else 6, color=color, capsize=2, linestyle="none", label=names[c])
+            if c[0] not in _REFERENCE:
+                frontier.setdefault(readable_label(*c), []).append((x["mean"], y["mean"], color))
+            plotted += 1
+        for pts in frontier.values():
+            if len(pts) > 1:
+                pts.sort(key=lambda p: p[1])
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=pts[0][2], lw=0.8, alpha=0.6)
+        ax.set_xlabel(f"{xlabel} (lower = more forgotten)", fontsize=8)
+        ax.grid(alpha=0.3)
     if not plotted:
         plt.close(fig)
         log.info("figure tradeoff skipped: no model has both %s and %s", fx, uy)
         return []
-    ax.set_xlabel(f"{_mlabel(fx)} (forget, lower = more forgetting)")
-    ax.set_ylabel(f"{_mlabel(uy)} (utility)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    axes[0][0].set_ylabel(f"{_mlabel(uy)} (utility, higher = kept)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return _save(fig, out_dir, "tradeoff")
 
@@ -218,9 +326,8 @@ def prism_ablation_bars(cells: Cells, out_dir: Path) -> list[Path]:
     if not configs or not metrics:
         log.info("figure prism_ablation skipped: no PRISM Unlearn Score results")
         return []
-    dicts = [parse_params(p) for _, p in configs]
-    keys = [k for k in sorted({k for d in dicts for k in d}) if len({d.get(k) for d in dicts}) > 1]
-    labels = [", ".join(f"{k}={d.get(k, '·')}" for k in keys) or p for d, (_, p) in zip(dicts, configs)]
+    names = _names(configs)
+    labels = [names[c] for c in configs]
     width = 0.8 / len(metrics)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(configs), 3.4))
     for k, metric in enumerate(metrics):
@@ -239,6 +346,84 @@ def prism_ablation_bars(cells: Cells, out_dir: Path) -> list[Path]:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, out_dir, "prism_ablation")
+
+
+# ------------------------------------------------------------------------------------ training terms
+#: (log key, panel title, y scale) of the per-step terms of the gradient methods (methods/sam.py, prism.py)
+TERM_PANELS = [("probe_grad_ratio", "‖γ·∇L_probe‖ / ‖∇L_NPO‖", "linear"),
+               ("gnorm_npo", "‖∇L_NPO‖", "log"),
+               ("sam_loss_gain", "SAM loss gain ℓ_f(θ+δ) − ℓ_f(θ)", "linear"),
+               ("gcd_removed_fraction", "share of g_f removed by GCD", "linear"),
+               ("cos_fr", "cos(g_f, g_r)", "linear")]
+
+
+def read_train_logs(bench_dir: str | os.PathLike) -> pd.DataFrame:
+    """Long frame ``method, params, seed, step, key, value`` of every ``unlearn/<m>/<p>/seed~<s>/train_log.jsonl``
+    (the TERM_PANELS keys only; unreadable files are logged and skipped)."""
+    import json
+
+    rows = []
+    keys = {k for k, _, _ in TERM_PANELS}
+    for path in sorted(Path(bench_dir).glob("unlearn/*/*/seed~*/train_log.jsonl")):
+        method, params, seed = path.parts[-4], path.parts[-3], path.parts[-2][len("seed~"):]
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            recs = [json.loads(x) for x in lines if x.strip()]
+        except (OSError, ValueError) as exc:
+            log.warning("training_terms: %s unreadable (%s); skipped", path, exc)
+            continue
+        for r in recs:
+            for k in keys & set(r):
+                try:
+                    v = float(r[k])
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(v):
+                    rows.append((method, params, seed, int(r.get("step", 0)), k, v))
+    return pd.DataFrame(rows, columns=["method", "params", "seed", "step", "key", "value"])
+
+
+def training_terms(logs: pd.DataFrame, out_dir: Path, styles=None) -> list[Path]:
+    """Each update term over training, one line per configuration (mean over seeds, 95 % band)."""
+    from robust_unlearning.report.paired import t975
+
+    if logs.empty:
+        log.info("figure training_terms skipped: no train_log.jsonl with per-term entries")
+        return []
+    panels = [p for p in TERM_PANELS if (logs["key"] == p[0]).any()]
+    configs = config_order(logs)
+    names, styles = _names(configs), styles or _styles(configs)
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
+    for ax, (key, title, scale) in zip(axes.flat, panels):
+        sub = logs[logs["key"] == key]
+        for c in configs:
+            cs = sub[(sub["method"] == c[0]) & (sub["params"] == c[1])]
+            if cs.empty:
+                continue
+            g = cs.groupby("step")["value"].agg(["mean", "std", "count"]).sort_index()
+            half = np.array([t975(int(n) - 1) * sd / math.sqrt(n) if n > 1 and math.isfinite(sd) else 0.0
+                             for sd, n in zip(g["std"], g["count"])])
+            color, marker = styles.get(c, ("black", "o"))
+            x, y = g.index.to_numpy(dtype=float), g["mean"].to_numpy()
+            ax.plot(x, y, color=color, marker=marker, ms=3, markevery=max(1, len(x) // 8), lw=1.0, label=names[c])
+            if half.any():
+                ax.fill_between(x, y - half, y + half, color=color, alpha=0.15, lw=0)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_yscale(scale)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = {}, {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
+               frameon=False)
+    fig.tight_layout()
+    return _save(fig, out_dir, "training_terms")
 
 
 # ------------------------------------------------------------------------------------ loss landscape
@@ -305,19 +490,30 @@ FIGURES = {"relearning_curves": relearning_curves, "tradeoff": tradeoff, "attack
 
 
 def write_figures(df: pd.DataFrame, out_dir: str | os.PathLike,
-                  landscape_files: Iterable[str | os.PathLike] | None = None) -> list[Path]:
-    """Every figure whose data is present (PNG + PDF); absent data → logged note; returns written files."""
+                  landscape_files: Iterable[str | os.PathLike] | None = None,
+                  bench_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Every figure whose data is present (PNG + PDF); absent data → logged note; returns written files.
+
+    ``bench_dir``: the results tree whose ``unlearn/*/*/seed~*/train_log.jsonl`` feed ``training_terms``
+    (default: the parent of ``out_dir``, i.e. ``results/<bench>/figures`` → ``results/<bench>``)."""
     out = Path(out_dir)
     written: list[Path] = []
+    logs = read_train_logs(bench_dir if bench_dir is not None else out.parent)
+    # one (colour, marker) per configuration over the whole tree, so a method looks the same in every figure
+    frames = [d[["method", "params"]] for d in (df, logs) if not d.empty]
+    styles = _styles(config_order(pd.concat(frames))) if frames else {}
     if df.empty:
         log.info("no figures: empty results")
     else:
         cells = Cells(df)
         for fig_name, fn in FIGURES.items():
-            written += fn(cells, out)
+            written += fn(cells, out, styles=styles) if fig_name in ("relearning_curves", "tradeoff") \
+                else fn(cells, out)
+    written += training_terms(logs, out, styles=styles)
     if landscape_files:
         written += plot_loss_landscape(landscape_files, out)
     return written
 
 
-__all__ = ["write_figures", "plot_loss_landscape", "load_landscape", "primary_forget_metric"]
+__all__ = ["write_figures", "plot_loss_landscape", "load_landscape", "primary_forget_metric", "readable_label",
+           "read_train_logs", "training_terms", "utility_metric"]

@@ -1,0 +1,67 @@
+"""Figures: readable labels, one style per configuration, the training-terms figure from train_log.jsonl,
+retain MCQ as the synthetic utility axis."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from robust_unlearning.report import figures as F
+
+PRISM_FULL = "gamma-max~0.05_gcd-scope~global_lr~1e-3_rho~0.01"
+PRISM_NOPROBE = "gamma-max~0_gcd-scope~global_lr~1e-3_rho~0.01"
+PRISM_NOSAM = "gamma-max~0.05_gcd-scope~global_lr~1e-3_rho~0"
+PRISM_NOGCD = "gamma-max~0.05_gcd-scope~none_lr~1e-3_rho~0.01"
+
+
+def test_readable_labels():
+    assert F.readable_label("prism", PRISM_FULL) == "PRISM"
+    assert F.readable_label("prism", PRISM_NOPROBE) == "PRISM w/o probe"
+    assert F.readable_label("prism", PRISM_NOSAM) == "PRISM w/o SAM"
+    assert F.readable_label("prism", PRISM_NOGCD) == "PRISM w/o GCD"
+    assert F.readable_label("prism", "gamma-mode~relative_gamma-target~0") == "PRISM w/o probe"
+    assert F.readable_label("prism", "gamma-mode~relative_gamma-target~1") == "PRISM (rel. γ)"
+    assert F.readable_label("sam_npo", "lr~1e-3_rho~0.01") == "SAM+NPO"
+    names = F._names([("npo", "lr~1e-3"), ("npo", "lr~3e-3"), ("ga", "lr~2e-4")])
+    assert names[("npo", "lr~1e-3")] == "NPO (lr=1e-3)" and names[("ga", "lr~2e-4")] == "GA"
+
+
+def test_styles_unique_and_references_fixed():
+    configs = [("base", "-"), ("retrain", "-"), ("ga", "a")] + [("prism", f"p{i}") for i in range(20)]
+    st = F._styles(configs)
+    assert st[("base", "-")] == ("black", "*") and st[("retrain", "-")][0] == "dimgrey"
+    others = [st[c] for c in configs[2:]]
+    assert len({(tuple(c), m) for c, m in others}) == len(others)          # no two share colour and marker
+    assert len({tuple(c) for c, _ in others[:17]}) == 17                    # the first 17 differ in colour
+
+
+def _log(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_training_terms_figure(tmp_path):
+    bench = tmp_path / "synthetic"
+    for seed, off in ((0, 0.0), (1, 0.02)):
+        _log(bench / "unlearn" / "prism" / PRISM_FULL / f"seed~{seed}" / "train_log.jsonl",
+             [{"step": s, "probe_grad_ratio": 0.1 * s + off, "gnorm_npo": 20.0, "sam_loss_gain": 0.5,
+               "gcd_removed_fraction": 0.2, "cos_fr": -0.1} for s in range(1, 6)])
+        _log(bench / "unlearn" / "npo" / "lr~1e-3" / f"seed~{seed}" / "train_log.jsonl",
+             [{"step": s, "gnorm_npo": 25.0, "cos_fr": "nan"} for s in range(1, 6)])
+    logs = F.read_train_logs(bench)
+    assert set(logs["key"]) == {"probe_grad_ratio", "gnorm_npo", "sam_loss_gain", "gcd_removed_fraction", "cos_fr"}
+    assert not ((logs.method == "npo") & (logs.key == "cos_fr")).any()       # "nan" entries are not points
+    m = logs[(logs.key == "probe_grad_ratio") & (logs.step == 3)]["value"].mean()
+    assert m == pytest.approx(0.31)
+    written = F.write_figures(pd.DataFrame(columns=["method", "params"]), bench / "figures")
+    assert [p.name for p in written] == ["training_terms.png", "training_terms.pdf"]
+    assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_tradeoff_uses_retain_mcq_on_synthetic():
+    df = pd.DataFrame({"benchmark": ["synthetic"] * 3, "metric": ["retain_knowmem", "retain_mcq_acc", "forget_mcq_acc"]})
+    assert F.utility_metric(df, df["metric"]) == "retain_mcq_acc"
+    muse = df.assign(benchmark="muse_news")
+    assert F.utility_metric(muse, muse["metric"]) == "retain_knowmem"
