@@ -60,3 +60,112 @@ def bench_eval(model, tokenizer, bench_or_items: Any, n_items: int = 32, batch_s
         out.update(generation_items_per_s_batched=len(prompts) / tb, generation_items_per_s_single=len(prompts) / ts,
                    generation_speedup=ts / tb, generation_match=float(gb == gs))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a real model, end to end: VerbMem + KnowMem + PrivLeak against a one-item loop shaped like the MUSE reference
+# ---------------------------------------------------------------------------------------------------------------
+
+MUSE_METRICS = ("verbmem", "knowmem", "privleak")
+MUSE_KEYS = ("forget_verbmem", "forget_knowmem", "retain_knowmem", "privleak_auc")
+
+
+def muse_reference_loop(model, tokenizer, bench, n_items: int | None = None, knowmem_max_new_tokens: int = 32,
+                        verbmem_max_new_tokens: int = 128, trailing_space: bool = True,
+                        k: float = 0.4) -> tuple[dict[str, float], dict[str, float]]:
+    """VerbMem, KnowMem and the Min-K% AUC one item at a time, as ``swj0419/muse_bench`` computes them:
+    ``tokenizer(prompt, return_tensors="pt")`` → ``model.generate(..., do_sample=False)`` → decode the new tokens;
+    one forward per text for Min-K%. Same prompts, lengths and stop tokens as ``evaluate_model``.
+    Returns (metrics, seconds per metric)."""
+    import numpy as np
+    import torch
+
+    from ..models.tokenizer import stop_token_ids
+    from .generation import decode, model_device
+    from .mia import mia_auc, min_k
+    from .muse import cut_knowmem_output, knowmem_prompt, rouge, verbmem_reference
+
+    device = model_device(model)
+    stops = [int(t) for t in stop_token_ids(tokenizer) if t is not None]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    take = (lambda rows: list(rows)) if n_items is None else (lambda rows: list(rows)[:n_items])
+    model.eval()
+
+    @torch.inference_mode()
+    def one(prompt: str, n_new: int) -> str:
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=True).input_ids.to(device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new,
+                             do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=stops or None)
+        new = out[0, ids.shape[1]:].tolist()
+        cut = next((j for j, t in enumerate(new) if t in stops), len(new))
+        return decode(tokenizer, new[:cut], clean_up_tokenization_spaces=True)
+
+    metrics, seconds = {}, {}
+    t0 = time.perf_counter()
+    f1 = [rouge(verbmem_reference(tokenizer, r["gt"], verbmem_max_new_tokens), one(r["prompt"],
+                                                                                     verbmem_max_new_tokens))
+          ["rougeL_f1"] for r in take(bench.verbmem())]
+    metrics["forget_verbmem"] = 100.0 * float(np.mean(f1))
+    seconds["verbmem"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for split, (qa, icl_name) in {"forget": ("forget_qa", "forget_qa_icl"),
+                                  "retain": ("retain_qa", "retain_qa_icl")}.items():
+        icl = bench.knowmem(icl_name)
+        f1 = [rouge(r["answer"], cut_knowmem_output(one(knowmem_prompt(r["question"], icl, trailing_space),
+                                                        knowmem_max_new_tokens)))["rougeL_f1"]
+              for r in take(bench.knowmem(qa))]
+        metrics[f"{split}_knowmem"] = 100.0 * float(np.mean(f1))
+    seconds["knowmem"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mink = {}
+    with torch.inference_mode():
+        for split in ("forget", "holdout", "retain"):
+            mink[split] = []
+            for text in take(bench.privleak(split)):
+                ids = tokenizer(text, return_tensors="pt", add_special_tokens=True).input_ids.to(device)
+                lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+                tok_lp = lp.gather(-1, ids[0, 1:, None])[:, 0].double().cpu().numpy()
+                mink[split].append(min_k(tok_lp, k))
+    metrics["privleak_auc"] = mia_auc(mink["forget"], mink["holdout"])
+    seconds["privleak"] = time.perf_counter() - t0
+    return metrics, seconds
+
+
+def bench_muse_real(model, tokenizer, bench, n_items: int | None = None, batch_size: int = 32,
+                    eval_overrides: dict | None = None) -> dict:
+    """End-to-end wall time of VerbMem + KnowMem + PrivLeak through ``evaluate_model`` (the batching check
+    included: no verdict is known for a model held only in memory) against ``muse_reference_loop`` on the same
+    items; the metric values must agree. ``n_items`` caps every file (None = the benchmark's full counts)."""
+    from . import generation
+    from .evaluate import evaluate_model
+
+    cfg = {"metrics": list(MUSE_METRICS), "batch_size": int(batch_size), "max_items": n_items,
+           **(eval_overrides or {})}
+    generation._VERDICTS.clear()
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ours, _ = evaluate_model(model, tokenizer, bench, cfg, seconds=seconds)
+    t_ours = time.perf_counter() - t0
+    ref, ref_seconds = muse_reference_loop(
+        model, tokenizer, bench, n_items, knowmem_max_new_tokens=int(cfg.get("knowmem_max_new_tokens", 32)),
+        verbmem_max_new_tokens=int(cfg.get("verbmem_max_new_tokens", 128)),
+        trailing_space=bool(cfg.get("knowmem_trailing_space", True)), k=float(cfg.get("mink_k", 0.4)))
+    t_ref = sum(ref_seconds.values())
+    diff = {key: abs(ours[key] - ref[key]) for key in MUSE_KEYS}
+    per_metric = {m: {"reference_s": ref_seconds[m],
+                      "ours_s": sum(v for u, v in seconds.items() if u.split(":")[0] == m)} for m in MUSE_METRICS}
+    for row in per_metric.values():
+        row["speedup"] = row["reference_s"] / row["ours_s"] if row["ours_s"] else float("nan")
+    return {"real_model_muse_speedup": t_ref / t_ours, "real_model_reference_s": t_ref, "real_model_ours_s": t_ours,
+            "real_model_per_metric": per_metric, "real_model_values": ours, "real_model_reference_values": ref,
+            "real_model_max_abs_diff": max(diff.values()), "real_model_numbers_equal": max(diff.values()) < 1e-9,
+            "real_model_n_items": {"verbmem": len(_cap(bench.verbmem(), n_items)),
+                                   "knowmem": 2 * len(_cap(bench.knowmem("forget_qa"), n_items)),
+                                   "privleak": sum(len(_cap(bench.privleak(s), n_items))
+                                                   for s in ("forget", "holdout", "retain"))},
+            "real_model_batch_size": int(batch_size)}
+
+
+def _cap(rows, n):
+    rows = list(rows)
+    return rows if n is None else rows[:n]

@@ -5,7 +5,8 @@ the metric is 100 · mean ROUGE-L F1; ROUGE-L recall and ROUGE-1 F1 are logged b
 """
 from __future__ import annotations
 
-from functools import lru_cache
+import re
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -16,18 +17,55 @@ from .registry import EvalContext, item_id, record, register_metric
 KNOWMEM_CUTS = ("\n\n", "\nQuestion", "Question:")  # applied in this order (§1.2)
 
 
-@lru_cache(maxsize=1)
-def _scorer():
-    from rouge_score import rouge_scorer
+# ROUGE exactly as ``rouge_score.rouge_scorer.RougeScorer(..., use_stemmer=False).score`` computes it (its
+# tokenizer, n-gram overlap, LCS table and F-measure, operation for operation; tests/unit/test_metrics_muse.py
+# compares the two on many strings). Own code because importing rouge_score imports nltk, which imports
+# scikit-learn and most of nltk: seconds of start-up in every evaluation job, for a stemmer MUSE does not use.
+_NON_ALPHANUM = re.compile(r"[^a-z0-9]+")
+_SPACES = re.compile(r"\s+")
+_VALID_TOKEN = re.compile(r"^[a-z0-9]+$")
 
-    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
+
+def rouge_tokens(text: str) -> list[str]:
+    """rouge_score's ``tokenize(text, stemmer=None)``: lowercase, non-alphanumerics to spaces, split."""
+    return [t for t in _SPACES.split(_NON_ALPHANUM.sub(" ", text.lower())) if _VALID_TOKEN.match(t)]
+
+
+def _fmeasure(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def _ngram_scores(target: list[str], prediction: list[str], n: int) -> tuple[float, float, float]:
+    tc = Counter(tuple(target[i:i + n]) for i in range(len(target) - n + 1))
+    pc = Counter(tuple(prediction[i:i + n]) for i in range(len(prediction) - n + 1))
+    inter = 0
+    for g in tc:
+        inter += min(tc[g], pc[g])
+    precision = inter / max(sum(pc.values()), 1)
+    recall = inter / max(sum(tc.values()), 1)
+    return precision, recall, _fmeasure(precision, recall)
+
+
+def _lcs_scores(target: list[str], prediction: list[str]) -> tuple[float, float, float]:
+    if not target or not prediction:
+        return 0.0, 0.0, 0.0
+    prev = [0] * (len(prediction) + 1)
+    for t in target:  # the LCS table row by row (only the last row is kept)
+        cur = [0]
+        for j, c in enumerate(prediction, 1):
+            cur.append(prev[j - 1] + 1 if t == c else max(prev[j], cur[j - 1]))
+        prev = cur
+    lcs = prev[-1]
+    precision, recall = lcs / len(prediction), lcs / len(target)
+    return precision, recall, _fmeasure(precision, recall)
 
 
 def rouge(target: str, prediction: str) -> dict[str, float]:
     """ROUGE scores of ``prediction`` against ``target`` (argument order as rouge_score's ``score``)."""
-    s = _scorer().score(target, prediction)
-    return {"rougeL_f1": float(s["rougeL"].fmeasure), "rougeL_recall": float(s["rougeL"].recall),
-            "rouge1_f1": float(s["rouge1"].fmeasure), "rouge2_f1": float(s["rouge2"].fmeasure)}
+    t, p = rouge_tokens(target), rouge_tokens(prediction)
+    _, l_rec, l_f1 = _lcs_scores(t, p)
+    return {"rougeL_f1": float(l_f1), "rougeL_recall": float(l_rec),
+            "rouge1_f1": float(_ngram_scores(t, p, 1)[2]), "rouge2_f1": float(_ngram_scores(t, p, 2)[2])}
 
 
 def rouge_l_f1(target: str, prediction: str) -> float:
