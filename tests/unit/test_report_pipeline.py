@@ -215,7 +215,8 @@ def test_real_unlearn_score_on_the_synthetic_world_uses_retain_mcq(tmp_path):
 
 def test_wmdp_score_gets_prompt_attack_asr(tmp_path):
     bench = tmp_path / "wmdp_bio"
-    wmdp = lambda f, r: {"forget_mcq_acc": f, "retain_mcq_acc": r}  # noqa: E731
+    # the names the lm-eval backend / letter scorer write (metrics/unlearn_score.py, WMDP_*)
+    wmdp = lambda f, r: {"forget_mcq_acc_letter": f, "retain_mcq_acc_letter": r}  # noqa: E731
     _metrics_json(bench, "models/base", *CLEAN, wmdp(0.65, 0.6))
     mid = f"{NPO}/seed~0"
     _metrics_json(bench, mid, *CLEAN, wmdp(0.35, 0.55))
@@ -226,8 +227,8 @@ def test_wmdp_score_gets_prompt_attack_asr(tmp_path):
 
     def recording(metrics, target, mode=None, asr_values=None):
         calls.append((mode, sorted(asr_values or [])))
-        if "forget_mcq_acc" not in metrics:
-            raise KeyError("forget_mcq_acc")
+        if "forget_mcq_acc_letter" not in metrics:
+            raise KeyError("forget_mcq_acc_letter")
         return {"unlearn_score": 0.5, "us_utility": 0.5, "us_effectiveness": 0.5,
                 **({"us_privacy": 0.5} if asr_values else {})}
 

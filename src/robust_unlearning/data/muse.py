@@ -28,6 +28,18 @@ from .hub import HubDatasetError, LoadedConfig, load_config
 LOADER_VERSION = 1
 DATASET_IDS = {"muse_news": "muse-bench/MUSE-News", "muse_books": "muse-bench/MUSE-Books"}
 
+# AUC_retrain (forget vs holdout, Min-40%) of MUSE's retrained models, as the MUSE reference code stores it
+# (github.com/swj0419/muse_bench, constants.py: AUC_RETRAIN[corpus]["forget_holdout_Min-40%"]); PrivLeak uses it
+# when the run has no retrain oracle of its own (metrics/evaluate.py, privleak_reference).
+PUBLISHED_AUC_RETRAIN = {"muse_news": 0.47719999999999996, "muse_books": 0.5392999999999999}
+PUBLISHED_AUC_SOURCE = "MUSE reference code (swj0419/muse_bench constants.py AUC_RETRAIN, forget_holdout_Min-40%)"
+
+
+def published_auc_retrain(benchmark_name: str | None) -> float | None:
+    """The published AUC_retrain of a MUSE corpus (``muse_news`` / ``muse_books``), else None."""
+    return PUBLISHED_AUC_RETRAIN.get(str(benchmark_name or "").lower())
+
+
 # output file -> (config, accepted split names in order of preference, fields)
 RAW_SPLITS = ("forget", "retain1", "retain2", "holdout")
 KNOWMEM = {
@@ -164,4 +176,5 @@ def prepare_muse(name: str, bench_cfg: dict, out_dir: str | Path) -> dict:
     return write_benchmark(out_dir, files, head)
 
 
-__all__ = ["prepare_muse", "load_muse", "write_benchmark", "HubDatasetError", "DATASET_IDS"]
+__all__ = ["prepare_muse", "load_muse", "write_benchmark", "HubDatasetError", "DATASET_IDS", "PUBLISHED_AUC_RETRAIN",
+           "published_auc_retrain"]

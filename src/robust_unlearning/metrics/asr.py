@@ -79,11 +79,45 @@ def _aliases(bench, row: dict) -> list[str] | None:
     return [str(row["answer"])]
 
 
+def stratified_subset(rows: Sequence[dict], n: int | None, seed: int, key: str = "label",
+                      tag: str = "over_refusal") -> list[dict]:
+    """A seeded sample of n rows stratified by ``row[key]`` (each label's share as in the file, largest
+    remainder, every label at least once when n allows), kept in file order; all rows when n is None or ≥ len.
+    Why: xstest.csv lists its safe prompts first, so "the first n rows" never reaches an unsafe one."""
+    import random
+
+    rows = list(rows)
+    if n is None or n >= len(rows):
+        return rows
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(str(r.get(key, "")).strip().lower(), []).append(i)
+    labels = sorted(groups)
+    quota = {lab: n * len(groups[lab]) / len(rows) for lab in labels}
+    take = {lab: int(quota[lab]) for lab in labels}
+    if n >= len(labels):
+        for lab in labels:
+            take[lab] = max(take[lab], 1)
+    while sum(take.values()) > n:  # the at-least-one rule overshot: trim the largest group
+        take[max(labels, key=lambda lab: take[lab])] -= 1
+    for lab in sorted(labels, key=lambda lab: (-(quota[lab] - int(quota[lab])), lab)):
+        if sum(take.values()) >= n:
+            break
+        if take[lab] < len(groups[lab]):
+            take[lab] += 1
+    picked: list[int] = []
+    for lab in labels:
+        idx = list(groups[lab])
+        random.Random(derive_seed(seed, tag, lab)).shuffle(idx)
+        picked.extend(idx[:take[lab]])
+    return [rows[i] for i in sorted(picked)]
+
+
 @register_metric("over_refusal", splits=(None,),
                  outputs=("over_refusal", "unsafe_refusal", "oversafe_asr", "lookalike_accuracy"))
 def over_refusal_metric(ctx: EvalContext, split: str | None = None):
     """XSTest-style over-refusal: chat template, sampling T = 0.7 seeded per item, keyword-refusal judge."""
-    rows = ctx.limit(ctx.bench.xstest(), "over_refusal")
+    rows = stratified_subset(ctx.bench.xstest(), ctx.cfg.max_items_for("over_refusal"), ctx.cfg.seed)
     if not rows:
         return {}, []
     ids = [item_id(r, "jailbreak/xstest", i) for i, r in enumerate(rows)]

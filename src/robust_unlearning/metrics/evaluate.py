@@ -41,7 +41,8 @@ class EvalConfig:
         (``"forget_mcq_acc"``); metrics: mcq_cloze, mcq_letter (forget/retain/holdout), knowmem (forget/retain),
         verbmem, privleak, repr_margin, over_refusal (opt-in).
     max_items: None (all), an int for every metric, or ``{metric: int|None, "default": int|None}``; the first N
-        items in file order.
+        items in file order (over_refusal: a seeded subset stratified by label, since xstest.csv lists its safe
+        prompts first).
     mcq_norm: which cloze accuracy is ``{split}_mcq_acc``: "acc_norm" (default — Σ log p / characters removes the
         bias towards short answer strings, whose lengths vary between the answer values of one attribute, so the
         holdout split stays at chance) or "acc" (raw sum). Both are always reported as ``_cloze_norm``/``_cloze_sum``.
@@ -205,11 +206,15 @@ def output_aliases() -> dict[str, tuple[str, str | None]]:
 def evaluate_model(model, tokenizer, bench, eval_cfg: dict | EvalConfig | None = None,
                    reference: dict | None = None) -> tuple[dict[str, float], list[dict]]:
     """Run every configured metric; returns (metrics, items). ``reference``: {"auc_retrain": float,
-    "auc_retrain_minkpp": float, "margin_centres": {...}} — each optional; PrivLeak is reported only with
-    ``auc_retrain`` (else the AUCs alone)."""
+    "auc_retrain_minkpp": float, "margin_centres": {...}} — each optional; PrivLeak is reported with the oracle's
+    ``auc_retrain``, else on MUSE with the published constant (``privleak_reference``), else the AUCs alone."""
     cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_dict(eval_cfg)
-    ctx = EvalContext(model=model, tokenizer=tokenizer, bench=bench, cfg=cfg, reference=reference)
     metrics: dict[str, float] = {}
+    if any(name == "privleak" for name, _ in cfg.resolved()):
+        reference, source = privleak_reference(bench, reference)
+        if source is not None:
+            metrics.update(source)
+    ctx = EvalContext(model=model, tokenizer=tokenizer, bench=bench, cfg=cfg, reference=reference)
     items: list[dict] = []
     for name, split in cfg.resolved():
         t0 = time.perf_counter()
@@ -219,6 +224,31 @@ def evaluate_model(model, tokenizer, bench, eval_cfg: dict | EvalConfig | None =
         metrics.update({k: float(v) for k, v in m.items()})
         items.extend(it)
     return metrics, items
+
+
+def privleak_reference(bench, reference: dict | None) -> tuple[dict | None, dict[str, float] | None]:
+    """AUC_retrain for PrivLeak and where it comes from: the run's retrain oracle (``reference``) when there is
+    one, else the published constant of a MUSE corpus (data/muse.py), else none (PrivLeak is then not reported,
+    only the AUCs). The source is recorded as metrics: ``privleak_auc_retrain`` (the value used) and
+    ``privleak_auc_retrain_published`` (1 = published constant, 0 = this run's oracle)."""
+    from ..data.muse import published_auc_retrain
+    from .mia import reference_auc
+
+    oracle = reference_auc(reference, "mink")
+    if oracle is not None:
+        return reference, {"privleak_auc_retrain": oracle, "privleak_auc_retrain_published": 0.0}
+    from ..data.formats import BenchmarkError
+
+    try:
+        name = bench.manifest().get("benchmark") if hasattr(bench, "manifest") else None
+    except (BenchmarkError, OSError, ValueError):  # no manifest (a hand-made benchmark): no published constant
+        name = None
+    published = published_auc_retrain(name)
+    if published is None:
+        return reference, None
+    log.info("privleak: no retrain oracle; AUC_retrain = %s, the published %s constant", published, name)
+    return ({**(reference or {}), "auc_retrain": published},
+            {"privleak_auc_retrain": published, "privleak_auc_retrain_published": 1.0})
 
 
 def count_items(items: list[dict]) -> dict[str, int]:

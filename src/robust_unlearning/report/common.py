@@ -36,6 +36,9 @@ METRIC_ORDER = ["forget_verbmem", "forget_knowmem", "retain_knowmem", "forget_mc
                 "over_refusal", "repr_margin", "s_per_step", "tokens_per_s", "peak_mem_mb"]
 US_METRICS = ["unlearn_score", "us_utility", "us_effectiveness", "us_privacy"]
 COST_METRICS = ["s_per_step", "peak_mem_mb", "tokens_per_s"]
+# note prefix of a ``missing`` row whose number cannot be computed (as opposed to a cell that was not run);
+# tables show such a cell as "–" with a footnote giving the reason
+NOT_COMPUTABLE = "not computable"
 STATUS_RANK = {"ok": 0, "diverged": 1, "failed": 2, "missing": 3}
 
 METRIC_LABELS = {
@@ -188,13 +191,15 @@ def sort_tidy(df: pd.DataFrame) -> pd.DataFrame:
 def pool_seeds(df: pd.DataFrame, by: Iterable[str]) -> pd.DataFrame:
     """Mean/std (ddof 1) over seeds of the ``ok`` rows of each group; statuses counted.
 
-    Returns one row per group with ``mean, std, n, n_rows, status`` where ``status`` is ``ok`` when every
-    row is ok, ``partial`` when some values exist but some rows are not ok, otherwise the worst status.
+    Returns one row per group with ``mean, std, n, n_rows, status, reason`` where ``status`` is ``ok`` when every
+    row is ok, ``partial`` when some values exist but some rows are not ok, otherwise the worst status;
+    ``reason`` joins the reasons of rows noted ``not computable: <reason>``.
     """
     by = list(by)
     records = []
+    cols = by + ["mean", "std", "n", "n_rows", "status", "reason"]
     if df.empty:
-        return pd.DataFrame(columns=by + ["mean", "std", "n", "n_rows", "status"])
+        return pd.DataFrame(columns=cols)
     for key, grp in df.groupby(by, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         vals = pd.to_numeric(grp["value"], errors="coerce").to_numpy(dtype=float)
@@ -208,10 +213,12 @@ def pool_seeds(df: pd.DataFrame, by: Iterable[str]) -> pd.DataFrame:
         else:
             bad = [s for s in statuses if s != "ok"]
             status = bad[-1] if bad else "missing"  # ok rows without a finite value count as missing
+        notes = grp["note"].astype(str) if "note" in grp else pd.Series([], dtype=str)
+        reasons = sorted({n[len(NOT_COMPUTABLE) + 2:] for n in notes if n.startswith(NOT_COMPUTABLE + ": ")})
         records.append(dict(zip(by, key), mean=float(good.mean()) if len(good) else math.nan,
                             std=float(good.std(ddof=1)) if len(good) > 1 else math.nan,
-                            n=int(len(good)), n_rows=int(len(grp)), status=status))
-    return pd.DataFrame.from_records(records, columns=by + ["mean", "std", "n", "n_rows", "status"])
+                            n=int(len(good)), n_rows=int(len(grp)), status=status, reason="; ".join(reasons)))
+    return pd.DataFrame.from_records(records, columns=cols)
 
 
 def decimals(x: float) -> int:

@@ -4,7 +4,8 @@ tables (the HTML versions are what ``snakemake --report`` shows: its viewer disp
 Every cell is a pool over seeds (and over weight-noise draws, whose ``seed`` attack parameter is pooled
 like a model seed, evaluation.md §7.9): ``mean`` for one value, ``mean ± std`` (ddof 1) for several.
 A cell with no value shows why: ``missing``, ``diverged`` or ``failed``; ``†`` marks a mean over the
-seeds that succeeded when others did not; ``–`` means not run / not applicable.
+seeds that succeeded when others did not; ``–`` means not run / not applicable, and ``– ‡`` a number that
+cannot be computed (nothing judged, an input absent), its reason in the table's footnote.
 
 Files (each written atomically, skipped with a logged note when its data is absent):
 ``metrics.csv``, ``summary.{md,html}``, ``main.{md,tex,html}``, ``relearning.*``, ``prompt_attacks.*``,
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 EMPTY = "–"
 PARTIAL_NOTE = "† mean over the seeds that finished; at least one other seed diverged, failed or is missing."
+NOT_COMPUTABLE_MARK = "‡"
 CELL_KEYS = ["method", "params", "attack", "setting", "metric"]
 
 
@@ -150,12 +152,16 @@ class Cells:
         pooled = pool_seeds(self.df, CELL_KEYS)
         self.cells = {tuple(r[k] for k in CELL_KEYS): r for r in pooled.to_dict("records")}
         self.partial = False
+        self.not_computable: set[str] = set()
 
     def text(self, method: str, params: str, attack: str, setting: str, metric: str) -> str:
         cell = self.cells.get((method, params, attack, setting, metric))
         if cell is None:
             return EMPTY
         if cell["n"] == 0:
+            if cell.get("reason"):  # measured nothing / an input is absent: "–" with the reason in a footnote
+                self.not_computable.add(f"{_mlabel(metric)}: {cell['reason']}")
+                return f"{EMPTY} {NOT_COMPUTABLE_MARK}"
             return cell["status"]
         body = fmt_mean_std(cell["mean"], cell["std"] if cell["n"] > 1 else None)
         if cell["status"] == "partial":
@@ -190,7 +196,12 @@ def _mlabel(metric: str) -> str:
 
 
 def _notes(cells: Cells, extra: list[str] = ()) -> list[str]:
-    return list(extra) + ([PARTIAL_NOTE] if cells.partial else [])
+    out = list(extra) + ([PARTIAL_NOTE] if cells.partial else [])
+    if cells.not_computable:
+        out.append(f"{NOT_COMPUTABLE_MARK} not computable (a `missing` row in metrics.csv): "
+                   + "; ".join(sorted(cells.not_computable)))
+        cells.not_computable = set()  # the next table collects its own
+    return out
 
 
 def forget_metrics(cells: Cells, attacks: list[str]) -> list[str]:
@@ -394,6 +405,9 @@ def _summary_blocks(df: pd.DataFrame, benchmark: str | None = None) -> list:
         out += [f"_{US_DEFINITION}_", ""]
     if cells.partial:
         out += [f"_{PARTIAL_NOTE}_", ""]
+    if cells.not_computable:
+        out += [f"_{NOT_COMPUTABLE_MARK} not computable (a `missing` row in metrics.csv): "
+                + "; ".join(sorted(cells.not_computable)) + "_", ""]
     return out
 
 
