@@ -57,10 +57,13 @@ def _import(name: str) -> ModuleType:
         spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module      # dataclasses and pickling look the module up by name
+        # registered before it runs: its own imports of the package reach load_plugins() again (the method
+        # registry loads plugins on first use), which must not execute the file a second time
+        _LOADED[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception:
-            del sys.modules[mod_name]
+        except BaseException:
+            del sys.modules[mod_name], _LOADED[name]
             raise
     else:
         try:

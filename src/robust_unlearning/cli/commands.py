@@ -73,9 +73,11 @@ def cmd_train_probe(args) -> int:
 def cmd_unlearn(args) -> int:
     from ..data.formats import Benchmark
     from ..data.unlearning_sets import build_examples
-    from ..methods import run_unlearning
+    from ..methods import TrainConfig, build_method, run_unlearning
     from ..utils.repro import configure_threads, pick_device, seed_everything
 
+    build_method(args.method, args.settings)      # a typo in the settings fails now, not after loading the model
+    TrainConfig.from_dict(args.train)
     threads = configure_threads(args.threads)
     seed_everything(args.seed)
     device = pick_device(args.device)
