@@ -42,6 +42,26 @@ def _type_name(x: Any) -> str:
     return type(x).__name__
 
 
+def _read_or_fail(path: Path, reader: Callable[[Path], Any]) -> Any:
+    """``reader(path)``, with a malformed or missing file reported as :class:`BenchmarkError` naming it."""
+    try:
+        return reader(path)
+    except DataFormatError as exc:
+        raise BenchmarkError(str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise BenchmarkError(f"{path}: file not found") from exc
+
+
+def read_jsonl_numbered(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """Rows of a JSONL file with their 1-based line numbers (blank lines skipped, as ``read_jsonl`` does);
+    errors are :class:`BenchmarkError` naming the file and line."""
+    path = Path(path)
+    rows = _read_or_fail(path, read_jsonl)
+    text = path.read_text(encoding="utf-8")
+    linenos = [i for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    return list(zip(linenos, rows))
+
+
 class Benchmark:
     """Validated, cached access to ``results/<bench>/data`` (or any directory in the same layout)."""
 
@@ -71,26 +91,27 @@ class Benchmark:
 
     # ---------------------------------------------------------------------------------------- raw readers
     def _load_json(self, rel: str) -> Any:
-        path = self.path(rel)
-        try:
-            return read_json(path)
-        except DataFormatError as exc:
-            raise BenchmarkError(str(exc)) from exc
-        except FileNotFoundError as exc:
-            raise BenchmarkError(f"{path}: file not found") from exc
+        return _read_or_fail(self.path(rel), read_json)
 
     def _load_jsonl(self, rel: str) -> list[tuple[int, Any]]:
         """Rows with their 1-based line numbers (blank lines skipped, as ``read_jsonl`` does)."""
+        return read_jsonl_numbered(self.path(rel))
+
+    def _json(self, rel: str, typ: type, expected: str) -> Any:
+        """``rel`` parsed, after checking that it is a ``typ`` ("<file>: expected <expected>, got <type>")."""
+        data = self._load_json(rel)
+        if not isinstance(data, typ):
+            raise BenchmarkError(f"{self.path(rel)}: expected {expected}, got {_type_name(data)}")
+        return data
+
+    def _jsonl(self, rel: str, check_row: Callable[[Path, str, Any], None]) -> list:
+        """The rows of ``rel``, each passed to ``check_row(path, "line <n>", row)`` first."""
         path = self.path(rel)
-        try:
-            rows = read_jsonl(path)
-        except DataFormatError as exc:
-            raise BenchmarkError(str(exc)) from exc
-        except FileNotFoundError as exc:
-            raise BenchmarkError(f"{path}: file not found") from exc
-        text = path.read_text(encoding="utf-8")
-        linenos = [i for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
-        return list(zip(linenos, rows))
+        rows = []
+        for lineno, row in self._load_jsonl(rel):
+            check_row(path, f"line {lineno}", row)
+            rows.append(row)
+        return rows
 
     def _cached(self, key: str, loader: Callable[[], Any]) -> Any:
         if key not in self._cache:
@@ -146,6 +167,15 @@ class Benchmark:
         if need_assistant and "assistant" not in roles[roles.index("user"):]:
             raise BenchmarkError(f"{path}: {loc}: field '{field}' has no assistant message after the user message")
 
+    def _check_chat_row(self, path: Path, loc: str, row: Any) -> None:
+        self._check_fields(path, loc, row, {"messages": list})
+        self._check_messages(path, loc, row["messages"])
+
+    def _check_prefill_row(self, path: Path, loc: str, row: Any) -> None:
+        self._check_chat_row(path, loc, row)
+        if row["messages"][-1]["role"] != "assistant":
+            raise BenchmarkError(f"{path}: {loc}: last message must be the assistant answer")
+
     def _check_mcq(self, path: Path, loc: str, row: Any) -> None:
         self._check_fields(path, loc, row, {"question": str, "choices": list, "answer": int})
         choices = row["choices"]
@@ -182,11 +212,8 @@ class Benchmark:
 
     def _dict_list(self, rel: str, fields: dict) -> list[dict]:
         """A JSON list of objects with the given string fields (MUSE verbmem / knowmem files)."""
-        data = self._load_json(rel)
+        data = self._json(rel, list, f"a JSON list of {{{', '.join(fields)}}}")
         path = self.path(rel)
-        if not isinstance(data, list):
-            names = ", ".join(fields)
-            raise BenchmarkError(f"{path}: expected a JSON list of {{{names}}}, got {_type_name(data)}")
         for i, item in enumerate(data):
             self._check_fields(path, f"item {i}", item, fields)
         return data
@@ -219,13 +246,9 @@ class Benchmark:
         rel = f"{split}.jsonl" if "/" in split else f"mcq/{split}.jsonl"
 
         def load():
-            path = self.path(rel)
-            rows = []
-            for lineno, row in self._load_jsonl(rel):
-                self._check_mcq(path, f"line {lineno}", row)
-                rows.append(row)
+            rows = self._jsonl(rel, self._check_mcq)
             if not rows:
-                raise BenchmarkError(f"{path}: no MCQ rows")
+                raise BenchmarkError(f"{self.path(rel)}: no MCQ rows")
             return rows
         return self._cached(rel, load)
 
@@ -234,42 +257,24 @@ class Benchmark:
         rel = f"dialogue/{split}.jsonl"
 
         def load():
-            path = self.path(rel)
-            rows = []
-            for lineno, row in self._load_jsonl(rel):
-                self._check_fields(path, f"line {lineno}", row, {"messages": list})
-                self._check_messages(path, f"line {lineno}", row["messages"])
-                rows.append(row)
+            rows = self._jsonl(rel, self._check_chat_row)
             if split == "forget" and not rows:
-                raise BenchmarkError(f"{path}: forget set is empty")
+                raise BenchmarkError(f"{self.path(rel)}: forget set is empty")
             return rows
         return self._cached(rel, load)
 
     # ---------------------------------------------------------------------------------------- jailbreak
     def prefill(self) -> list[dict]:
         rel = "jailbreak/prefill.jsonl"
-
-        def load():
-            path = self.path(rel)
-            rows = []
-            for lineno, row in self._load_jsonl(rel):
-                self._check_fields(path, f"line {lineno}", row, {"messages": list})
-                self._check_messages(path, f"line {lineno}", row["messages"])
-                if row["messages"][-1]["role"] != "assistant":
-                    raise BenchmarkError(f"{path}: line {lineno}: last message must be the assistant answer")
-                rows.append(row)
-            return rows
-        return self._cached(rel, load)
+        return self._cached(rel, lambda: self._jsonl(rel, self._check_prefill_row))
 
     def autodan(self) -> dict[str, list[str]]:
         """``{behavior_id: [prompt, ...]}``."""
         rel = "jailbreak/autodan.json"
 
         def load():
-            data = self._load_json(rel)
+            data = self._json(rel, dict, "a JSON object {id: [prompt]}")
             path = self.path(rel)
-            if not isinstance(data, dict):
-                raise BenchmarkError(f"{path}: expected a JSON object {{id: [prompt]}}, got {_type_name(data)}")
             for key, prompts in data.items():
                 if not isinstance(prompts, list) or not prompts:
                     raise BenchmarkError(f"{path}: key {key!r}: expected a non-empty list of prompts")
@@ -286,10 +291,8 @@ class Benchmark:
             return {}
 
         def load():
-            data = self._load_json(rel)
+            data = self._json(rel, dict, "a JSON object {id: meta}")
             path = self.path(rel)
-            if not isinstance(data, dict):
-                raise BenchmarkError(f"{path}: expected a JSON object {{id: meta}}, got {_type_name(data)}")
             for key, m in data.items():
                 if not isinstance(m, dict):
                     raise BenchmarkError(f"{path}: key {key!r}: meta must be an object, got {_type_name(m)}")
@@ -301,11 +304,8 @@ class Benchmark:
         rel = "jailbreak/multi_turn.json"
 
         def load():
-            data = self._load_json(rel)
+            data = self._json(rel, list, "a JSON list of {objective, conversation}")
             path = self.path(rel)
-            if not isinstance(data, list):
-                raise BenchmarkError(f"{path}: expected a JSON list of {{objective, conversation}}, "
-                                     f"got {_type_name(data)}")
             for i, item in enumerate(data):
                 self._check_fields(path, f"item {i}", item, {"objective": str, "conversation": list})
                 self._check_messages(path, f"item {i}", item["conversation"], "conversation",

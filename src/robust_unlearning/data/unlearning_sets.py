@@ -17,10 +17,8 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from robust_unlearning.utils.io import DataFormatError, read_jsonl
-
 from .collate import chunk_text, encode_dialogue, encode_qa, encode_text, require_chat_template
-from .formats import Benchmark, BenchmarkError
+from .formats import Benchmark, BenchmarkError, read_jsonl_numbered
 
 SOURCES = ("raw", "chunks", "dialogue", "qa")
 SPLITS = ("forget", "retain")
@@ -95,15 +93,8 @@ def build_mixture_examples(path: str | os.PathLike, tokenizer, max_len: int) -> 
     """Base-training rows of ``train/*_mix.jsonl`` (benchmarks.md §6.5): ``{"text"}`` → ``encode_text`` + EOS;
     ``{"messages"}`` → chat template with loss on all non-pad tokens (``mask_prompt=False``)."""
     path = Path(path)
-    try:
-        rows = read_jsonl(path)
-    except DataFormatError as exc:
-        raise BenchmarkError(str(exc)) from exc
-    except FileNotFoundError as exc:
-        raise BenchmarkError(f"{path}: file not found") from exc
-    linenos = [i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
     out = []
-    for lineno, row in zip(linenos, rows):
+    for lineno, row in read_jsonl_numbered(path):
         if isinstance(row, dict) and isinstance(row.get("text"), str):
             out.append(encode_text(tokenizer, row["text"], max_len, add_eos=True))
         elif isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"]:
