@@ -57,22 +57,39 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         "refused otherwise")
 
 
-def _threads(s) -> None:
-    s.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: all the job was given; the rules pass their `threads`)")
+def _settings(s, flag: str, help: str, required: bool = True, default=None) -> None:
+    """A settings argument: inline JSON or the path of a JSON/YAML file."""
+    s.add_argument(flag, type=_settings_arg, required=required, default=default, metavar="JSON|FILE", help=help)
 
 
-def _seed(s, required=False, what="seeds everything the job draws at random") -> None:
-    s.add_argument("--seed", type=int, default=None if required else 0, required=required, help=what)
-
-
-def _device(s) -> None:
-    s.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
+def _path(s, flag: str, help: str, metavar: str = "DIR", required: bool = True) -> None:
+    s.add_argument(flag, required=required, default=None, metavar=metavar, help=help)
 
 
 def _data(s) -> None:
-    s.add_argument("--data", required=True, metavar="DIR",
-                   help="the benchmark folder written by `ru prepare-data` (results/<benchmark>/data)")
+    _path(s, "--data", "the benchmark folder written by `ru prepare-data` (results/<benchmark>/data)")
+
+
+def _train_inputs(s, model_help: str) -> None:
+    """The training-set arguments shared by train-probe and unlearn."""
+    _settings(s, "--train", "the config's `unlearning.train` section: steps/epochs, batch_size, max_len, dtype, ...")
+    _settings(s, "--benchmark", "the config's `benchmark` section (forget_source / retain_source)")
+    _data(s)
+    _path(s, "--model-dir", model_help)
+
+
+def _job_options(s, out_help: str, out_metavar: str = "DIR", seed: bool = True, device: bool = True,
+                 seed_help: str = "seeds everything the job draws at random (default: 0)",
+                 seed_required: bool = False) -> None:
+    """--seed, --out, --device and --threads, in that order."""
+    if seed:
+        s.add_argument("--seed", type=int, default=None if seed_required else 0, required=seed_required,
+                       help=seed_help)
+    _path(s, "--out", out_help, metavar=out_metavar)
+    if device:
+        s.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
+    s.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: all the job was given; the rules pass their `threads`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,119 +107,82 @@ def build_parser() -> argparse.ArgumentParser:
         return s
 
     s = cmd("validate-config", "validate a config file against the schema and the registries")
-    s.add_argument("config", help="the YAML config file (e.g. config/config.yaml or a preset in workflow/presets/)")
+    s.add_argument("config", help="the YAML config file (e.g. config.yaml or a preset in workflow/presets/)")
 
     s = cmd("prepare-data", "materialise a benchmark in the on-disk format (docs/benchmarks.md)")
-    s.add_argument("--benchmark", type=_settings_arg, required=True, metavar="JSON|FILE",
-                   help="the config's `benchmark` section")
-    s.add_argument("--out", required=True, metavar="DIR", help="the benchmark folder to write (results/<benchmark>/data)")
+    _settings(s, "--benchmark", "the config's `benchmark` section")
+    _path(s, "--out", "the benchmark folder to write (results/<benchmark>/data)")
 
     s = cmd("cache-model", "build or fetch the base model (or train the retrain oracle)")
-    s.add_argument("--model", type=_settings_arg, required=True, metavar="JSON|FILE",
-                   help="the config's `model` section")
+    _settings(s, "--model", "the config's `model` section")
     _data(s)
     s.add_argument("--role", choices=["base", "retrain", "pretrained"], default="base",
                    help="base: the model to unlearn from; retrain: the oracle trained without the forget set; "
                         "pretrained: the starting point that model.finetune fine-tunes (default: base)")
-    s.add_argument("--base-dir", metavar="DIR", help="retrain: the base model dir (tokenizer, epoch count)")
-    s.add_argument("--pretrained-dir", metavar="DIR",
-                   help="model.finetune: the pretrained model dir the base / retrain models are fine-tuned from "
-                        "(written by --role pretrained)")
-    s.add_argument("--out", required=True, metavar="DIR", help="the model folder to write (results/<benchmark>/models/<role>)")
-    _threads(s)
+    _path(s, "--base-dir", "retrain: the base model dir (tokenizer, epoch count)", required=False)
+    _path(s, "--pretrained-dir", "model.finetune: the pretrained model dir the base / retrain models are "
+                                 "fine-tuned from (written by --role pretrained)", required=False)
+    _job_options(s, "the model folder to write (results/<benchmark>/models/<role>)", seed=False, device=False)
 
     s = cmd("train-probe", "PRISM stage 1: robust probe on the frozen base model")
-    s.add_argument("--probe", type=_settings_arg, required=True, metavar="JSON|FILE",
-                   help="the config's `unlearning.methods.prism.probe` section")
-    s.add_argument("--train", type=_settings_arg, required=True, metavar="JSON|FILE",
-                   help="the config's `unlearning.train` section (max_len is used)")
-    s.add_argument("--benchmark", type=_settings_arg, required=True, metavar="JSON|FILE",
-                   help="the config's `benchmark` section (forget_source / retain_source)")
-    _data(s)
-    s.add_argument("--model-dir", required=True, metavar="DIR", help="the base model folder")
-    _seed(s)
-    s.add_argument("--out", required=True, metavar="DIR", help="the probe folder to write")
-    _threads(s)
+    _settings(s, "--probe", "the config's `unlearning.methods.prism.probe` section")
+    _train_inputs(s, "the base model folder")
+    _job_options(s, "the probe folder to write", device=False)
 
     s = cmd("unlearn", "run one unlearning method on the base model")
     s.add_argument("--method", required=True, help="a registered method name (ga, graddiff, npo, simnpo, rmu, "
                                                    "sam_npo, task_vector, prism, or one from a --plugin)")
-    s.add_argument("--settings", type=_settings_arg, required=True, metavar="JSON|FILE",
-                   help="the method's hyperparameters, one combination (docs/methods.md)")
-    s.add_argument("--train", type=_settings_arg, required=True, metavar="JSON|FILE",
-                   help="the config's `unlearning.train` section: steps/epochs, batch_size, max_len, dtype, ...")
-    s.add_argument("--benchmark", type=_settings_arg, required=True, metavar="JSON|FILE",
-                   help="the config's `benchmark` section (forget_source / retain_source)")
-    _data(s)
-    s.add_argument("--model-dir", required=True, metavar="DIR", help="the base model folder to unlearn from")
-    s.add_argument("--probe-dir", default=None, metavar="DIR", help="PRISM: the probe written by `ru train-probe`")
-    _seed(s, required=True, what="the run's seed (data order, initialisation of anything random)")
-    s.add_argument("--out", required=True, metavar="DIR",
-                   help="the run folder to write (model/, train_log.jsonl, run.json)")
-    s.add_argument("--checkpoint-dir", required=True, metavar="DIR",
-                   help="resumable state, outside --out; rerunning the same command resumes from it")
-    _device(s)
-    _threads(s)
+    _settings(s, "--settings", "the method's hyperparameters, one combination (docs/methods.md)")
+    _train_inputs(s, "the base model folder to unlearn from")
+    _path(s, "--probe-dir", "PRISM: the probe written by `ru train-probe`", required=False)
+    _path(s, "--checkpoint-dir", "resumable state, outside --out; rerunning the same command resumes from it")
+    _job_options(s, "the run folder to write (model/, train_log.jsonl, run.json)",
+                 seed_help="the run's seed (data order, initialisation of anything random)", seed_required=True)
 
     s = cmd("attack", "run one attack setting against one model")
     s.add_argument("--attack", required=True, help="a registered attack name (relearn, prefill, gcg, ..., or one "
                                                    "from a --plugin)")
-    s.add_argument("--settings", type=_settings_arg, required=True, metavar="JSON|FILE",
-                   help="one setting of the attack (docs/evaluation.md)")
+    _settings(s, "--settings", "one setting of the attack (docs/evaluation.md)")
     _data(s)
-    s.add_argument("--model-dir", required=True, metavar="DIR",
-                   help="the model to attack (the base model for model-free input attacks)")
-    _seed(s)
-    s.add_argument("--out", required=True, metavar="DIR", help="the attack folder to write (attack.json, artefacts)")
-    _device(s)
-    _threads(s)
+    _path(s, "--model-dir", "the model to attack (the base model for model-free input attacks)")
+    _job_options(s, "the attack folder to write (attack.json, artefacts)")
 
     s = cmd("evaluate", "evaluate one model, clean or under one attack setting")
     s.add_argument("--benchmark-name", required=True, help="the benchmark's name (recorded in metrics.json)")
-    s.add_argument("--evaluation", type=_settings_arg, required=True, metavar="JSON|FILE",
-                   help="the config's `evaluation` section (metrics, limits, dtype, under_attack)")
-    s.add_argument("--judges", type=_settings_arg, default={}, metavar="JSON|FILE",
-                   help="the config's `judges` section (default: answer_match and keyword_refusal)")
+    _settings(s, "--evaluation", "the config's `evaluation` section (metrics, limits, dtype, under_attack)")
+    _settings(s, "--judges", "the config's `judges` section (default: answer_match and keyword_refusal)",
+              required=False, default={})
     _data(s)
     s.add_argument("--model-id", required=True,
                    help="the model's id in the results tree (models/base, unlearn/<method>/<params>/seed~<n>)")
-    s.add_argument("--model-dir", required=True, metavar="DIR",
-                   help="the model to load (the attacked model for model attacks)")
+    _path(s, "--model-dir", "the model to load (the attacked model for model attacks)")
     s.add_argument("--attack", default="none", help="the attack the model is evaluated under (default: none)")
     s.add_argument("--attack-params", default="default", help="the attack setting's id (its folder name)")
-    s.add_argument("--attack-settings", type=_settings_arg, default={}, metavar="JSON|FILE",
-                   help="the attack setting (recorded in the provenance)")
-    s.add_argument("--artefact-dir", default=None, metavar="DIR",
-                   help="input attacks: the folder written by `ru attack`")
-    s.add_argument("--reference", default=None, metavar="FILE",
-                   help="clean metrics.json of the retrain oracle (PrivLeak AUC)")
-    s.add_argument("--run-json", default=None, metavar="FILE",
-                   help="run.json of the unlearning run (a diverged run is recorded, not evaluated)")
-    _seed(s)
-    s.add_argument("--out", required=True, metavar="DIR", help="the folder to write metrics.json and items.jsonl in")
-    _device(s)
-    _threads(s)
+    _settings(s, "--attack-settings", "the attack setting (recorded in the provenance)", required=False, default={})
+    _path(s, "--artefact-dir", "input attacks: the folder written by `ru attack`", required=False)
+    _path(s, "--reference", "clean metrics.json of the retrain oracle (PrivLeak AUC)", "FILE", required=False)
+    _path(s, "--run-json", "run.json of the unlearning run (a diverged run is recorded, not evaluated)", "FILE",
+          required=False)
+    _job_options(s, "the folder to write metrics.json and items.jsonl in")
 
     s = cmd("aggregate", "tidy CSV, tables and figures from every metrics.json")
     s.add_argument("--benchmark-name", required=True, help="the benchmark's name")
-    s.add_argument("--bench-dir", required=True, metavar="DIR", help="results/<benchmark>")
-    s.add_argument("--expected", type=_settings_arg, default=None, metavar="JSON|FILE",
-                   help="expected cells [[model_id, attack, params], ...]; a missing one is reported, not dropped")
-    s.add_argument("--csv", required=True, metavar="FILE", help="tidy metrics CSV")
-    s.add_argument("--summary", required=True, metavar="FILE", help="summary.md")
-    s.add_argument("--tables-dir", required=True, metavar="DIR", help="paper-style tables (.md, .tex)")
-    s.add_argument("--figures-dir", required=True, metavar="DIR", help="figures (.png, .pdf)")
+    _path(s, "--bench-dir", "results/<benchmark>")
+    _settings(s, "--expected", "expected cells [[model_id, attack, params], ...]; a missing one is reported, "
+                               "not dropped", required=False)
+    _path(s, "--csv", "tidy metrics CSV", "FILE")
+    _path(s, "--summary", "summary.md", "FILE")
+    _path(s, "--tables-dir", "paper-style tables (.md, .tex)")
+    _path(s, "--figures-dir", "figures (.png, .pdf)")
     s.add_argument("--landscapes", nargs="*", default=[], metavar="FILE",
                    help="landscape.json files (loss-landscape figure)")
 
     s = cmd("landscape", "1-D loss-landscape slice of one model along a random direction")
     _data(s)
-    s.add_argument("--model-dir", required=True, metavar="DIR", help="the model folder")
+    _path(s, "--model-dir", "the model folder")
     s.add_argument("--points", type=int, default=11, help="points on the slice (default: 11)")
     s.add_argument("--label", default="model", help="legend label (the rule passes method and params)")
-    _seed(s, what="seeds the random direction")
-    s.add_argument("--out", required=True, metavar="FILE", help="landscape.json to write")
-    _threads(s)
+    _job_options(s, "landscape.json to write", "FILE", device=False, seed_help="seeds the random direction (default: 0)")
     return p
 
 
