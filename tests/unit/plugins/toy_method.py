@@ -19,10 +19,13 @@ from robust_unlearning.methods.base import LossMethod
 from robust_unlearning.methods.registry import ConfigBase, num, register_method
 
 
-@register_method("toy_ascent")
+@register_method("toy_ascent")            # the name used in --method and in the config's unlearning.methods
 class ToyAscent(LossMethod):
+    """LossMethod runs the forget phase (and a retain phase when ``uses_retain``) and logs the terms."""
+
     @dataclasses.dataclass
     class Config(ConfigBase):
+        """Hyperparameters with defaults and ranges; a grid in the config lists values per key."""
         lr: float = num(1e-5, gt=0)
         scale: float = num(1.0, gt=0)
 
