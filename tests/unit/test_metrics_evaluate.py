@@ -100,3 +100,43 @@ def test_lm_eval_keys_are_validated_and_named(bad, key):
     with pytest.raises(EvalConfigError, match=key):
         EvalConfig.from_dict(bad)
     assert EvalConfig.from_dict({"lm_eval_tasks": {"forget": "wmdp_bio"}}).lm_eval_tasks == {"forget": "wmdp_bio"}
+
+
+def test_every_metric_of_the_evaluation_step_equals_its_own_function(micro_model, tiny_tokenizer):
+    """evaluate_model's value of every metric equals the metric's own function called alone on the same items,
+    and the mean of its item scores. Where the random micro model gives a non-zero value (MCQ, PrivLeak, margin,
+    the look-alike ASR) it is checked to be non-zero, so an evaluation step returning 0 fails; its KnowMem,
+    VerbMem and over-refusal outputs are junk words, genuinely 0, so those are compared only."""
+    from robust_unlearning.metrics.registry import EvalContext, get_metric
+
+    cfg = {**CFG, "metrics": ["mcq_cloze", "mcq_letter", "knowmem", "verbmem", "privleak", "repr_margin",
+                              "over_refusal"], "over_refusal_max_new_tokens": 4}
+    reference = {"auc_retrain": 0.3}
+    bench = FakeBench()
+    metrics, items = evaluate_model(micro_model, tiny_tokenizer, bench, cfg, reference=reference)
+    ecfg = EvalConfig.from_dict(cfg)
+    for name, split in ecfg.resolved():
+        own, _ = get_metric(name).fn(EvalContext(micro_model, tiny_tokenizer, bench, ecfg, reference), split)
+        assert own, (name, split)
+        for key, want in own.items():
+            got = metrics[key]
+            assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-9, abs=1e-12), \
+                (key, got, want)
+
+    # the same values from the item scores, and values that 0 would not match
+    by = {}
+    for it in items:
+        by.setdefault(it["metric"], []).append(it)
+    for name in ("forget_verbmem", "forget_knowmem", "retain_knowmem"):
+        scores = [i["score"] for i in by[name]]
+        assert metrics[name] == pytest.approx(100 * sum(scores) / len(scores)), name
+    for split in ("forget", "retain", "holdout"):
+        for name in (f"{split}_mcq_acc", f"{split}_mcq_acc_letter"):
+            scores = [i["score"] for i in by[name]]
+            assert len(scores) == 4 and metrics[name] == pytest.approx(sum(scores) / 4), name
+        assert metrics[f"{split}_mcq_acc"] > 0
+    safe = [i["score"] for i in by["over_refusal"] if i["split"] == "safe"]
+    assert metrics["over_refusal"] == pytest.approx(sum(safe) / len(safe))
+    assert metrics["oversafe_asr"] > 0                       # the ASR of the look-alike prompts: junk ≠ refusal
+    assert metrics["privleak"] == pytest.approx(100 * (metrics["privleak_auc"] - 0.3) / 0.3)
+    assert metrics["privleak"] != 0 and metrics["repr_margin"] != 0
