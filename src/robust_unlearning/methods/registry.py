@@ -12,6 +12,8 @@ import math
 import typing
 from typing import Any, Callable
 
+from ..utils.registry import add_entry, find_entry
+
 METHODS: dict[str, type] = {}
 
 
@@ -27,21 +29,16 @@ def register_method(name: str) -> Callable[[type], type]:
     """Class decorator: register a method class under ``name`` (and set its ``name`` attribute)."""
 
     def deco(cls: type) -> type:
-        if name in METHODS and METHODS[name] is not cls:
-            raise ValueError(f"method {name!r} registered twice ({METHODS[name].__name__}, {cls.__name__})")
+        add_entry(METHODS, name, cls, "method")
         cls.name = name
-        METHODS[name] = cls
         return cls
 
     return deco
 
 
 def get_method(name: str) -> type:
-    _ensure_loaded()
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ConfigError("method", f"unknown method {name!r}; expected one of {sorted(METHODS)}") from None
+    return find_entry(METHODS, name, _ensure_loaded,
+                      lambda known: ConfigError("method", f"unknown method {name!r}; expected one of {known}"))
 
 
 def _ensure_loaded() -> None:
