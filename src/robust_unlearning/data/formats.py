@@ -1,4 +1,4 @@
-"""The one on-disk benchmark format (benchmarks.md §1.4, §2, §3, §6.4) behind validated accessors.
+"""The one on-disk benchmark format (docs/benchmarks.md, "On-disk format") behind validated accessors.
 
 ``Benchmark(data_dir)`` serves MUSE-News/Books, WMDP (dialogue setting) and the synthetic world alike. Every
 accessor validates its file on first use and raises :class:`BenchmarkError` whose message names the file and the
@@ -25,7 +25,7 @@ class BenchmarkError(ValueError):
 
 
 RAW_SPLITS = ("forget", "retain1", "retain2", "holdout")
-# MUSE split names vary across dataset revisions (benchmarks.md §1.1): accept both spellings.
+# MUSE split names vary across dataset revisions (docs/benchmarks.md, "MUSE"): accept both spellings.
 KNOWMEM_VARIANTS = {
     "forget_qa": ("forget_qa",), "forget_qa_icl": ("forget_qa_icl",),
     "retain_qa": ("retain_qa", "retain2_qa"), "retain_qa_icl": ("retain_qa_icl", "retain2_qa_icl"),

@@ -1,4 +1,4 @@
-"""`prepare_data`: materialise a benchmark into the one on-disk format (benchmarks.md §1.4, §6.4)."""
+"""`prepare_data`: materialise a benchmark into the one on-disk format (docs/benchmarks.md, "On-disk format")."""
 from __future__ import annotations
 
 from pathlib import Path

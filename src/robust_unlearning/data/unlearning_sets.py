@@ -1,6 +1,6 @@
 """Token examples for unlearning, relearning and base training, built from a :class:`Benchmark`.
 
-Sources (method.md / benchmarks.md §1.3, §3, §6.9):
+Sources (docs/benchmarks.md, "Training examples"):
 - ``raw``: one example per document (``collate.encode_text``: BOS + text, loss on all tokens);
 - ``chunks``: MUSE chunking of ``raw/<split>.txt`` (``collate.chunk_text``);
 - ``dialogue``: PRISM dialogues in the model's chat template, prompt masked (``collate.encode_dialogue``);
@@ -90,8 +90,8 @@ def build_examples(bench: Benchmark, tokenizer, split: str, source: str, max_len
 
 
 def build_mixture_examples(path: str | os.PathLike, tokenizer, max_len: int) -> list[dict]:
-    """Base-training rows of ``train/*_mix.jsonl`` (benchmarks.md §6.5): ``{"text"}`` → ``encode_text`` + EOS;
-    ``{"messages"}`` → chat template with loss on all non-pad tokens (``mask_prompt=False``)."""
+    """Base-training rows of ``train/*_mix.jsonl`` (docs/benchmarks.md, "Base-training mixtures"):
+    ``{"text"}`` → ``encode_text`` + EOS; ``{"messages"}`` → chat template with loss on all non-pad tokens (``mask_prompt=False``)."""
     path = Path(path)
     out = []
     for lineno, row in read_jsonl_numbered(path):
@@ -113,7 +113,8 @@ def build_mixture_examples(path: str | os.PathLike, tokenizer, max_len: int) -> 
 
 def relearn_subset(examples: Sequence[Any], fraction: float, seed: int) -> list[Any]:
     """A seeded subset of ``round(fraction·N)`` examples (≥ 1), in original order; nested across fractions for
-    the same seed (the 25% subset ⊂ the 50% subset), as the Relearn-25%/50% variants (evaluation.md §7.1)."""
+    the same seed (the 25% subset ⊂ the 50% subset), as the Relearn-25%/50% variants (docs/evaluation.md,
+    "Relearning")."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     n = len(examples)
@@ -136,6 +137,6 @@ def texts_fingerprint(texts: Sequence[str]) -> str:
 
 def forget_fingerprint(bench: Benchmark, split: str = "forget", source: str = "raw") -> str:
     """sha256 of the texts of a split (default: the forget documents). The relearning attack compares the
-    fingerprint of its data with ``forget_fingerprint(bench)`` (evaluation.md §7.1 guard: relearning must use
-    forget data, not retain data)."""
+    fingerprint of its data with ``forget_fingerprint(bench)``: relearning must use forget data, not retain data
+    (docs/evaluation.md, "Relearning")."""
     return texts_fingerprint(split_texts(bench, split, source))

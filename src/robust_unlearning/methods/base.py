@@ -1,4 +1,5 @@
-"""Method base classes: what a method supplies to the one training loop (architecture.md)."""
+"""Method base classes: what a method supplies to the one training loop (docs/architecture.md,
+"The training loop")."""
 from __future__ import annotations
 
 from typing import Any
@@ -59,8 +60,8 @@ class Method:
 class LossMethod(Method):
     """Methods whose objective is λ_f·ℓ_f + λ_r·ℓ_r with one forward+backward per term (GA, GradDiff, NPO,
     SimNPO, RMU, fine-tuning). The step runs the forget phase over all micro-batches, then the retain phase
-    (method.md §13.3); with ``log_grad_stats`` the forget gradient is parked in the spare buffer so that
-    ‖g_f‖, ‖g_r‖ and cos(g_f, g_r) can be logged."""
+    (docs/methods.md, "The shared training loop"); with ``log_grad_stats`` the forget gradient is parked in the
+    spare buffer so that ‖g_f‖, ‖g_r‖ and cos(g_f, g_r) can be logged."""
 
     lambda_f_key = "lambda_f"
     lambda_r_key = "lambda_r"

@@ -1,4 +1,5 @@
-"""Side-by-side cost of every method in one process (method.md §12: PRISM ≤ 1.5× NPO+GDR at equal batch).
+"""Side-by-side cost of every method in one process (PRISM ≤ 1.5× NPO+GDR at equal batch: docs/methods.md,
+"Cost model").
 
 All trainers are built first (same model copy, data, batch, seed) and then stepped round-robin, so that load
 drift on a shared machine hits every method alike; on CPU the step time is process CPU time. The ratio is median step time / median step time of NPO+GDR

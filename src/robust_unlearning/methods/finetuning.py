@@ -1,7 +1,8 @@
 """Plain CE descent on a set of examples: the ``finetune`` objective (relearning attack, Task Vector's θ_ft).
 
 Uses the same loop as unlearning (seeded order, accumulation, clipping 1.0, AdamW, checkpoint/resume), with a
-cosine schedule by default (method.md §2: fine-tuning, Task Vector and relearning use cosine, no warmup).
+cosine schedule by default: fine-tuning, Task Vector and relearning use cosine, no warmup (docs/methods.md,
+"The shared training loop").
 """
 from __future__ import annotations
 

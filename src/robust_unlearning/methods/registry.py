@@ -1,9 +1,9 @@
 """Method registry and validated config dataclasses.
 
 Why an explicit registry: the released PRISM code chose its losses by substring tests on the algorithm name
-(method.md §11 D2), so a typo silently trained a different method. Here a method is looked up by its exact
-name, and its ``Config.from_dict`` rejects unknown keys and hyperparameters the chosen variant does not use
-(method.md §14: "unknown or unused hyperparameters must be a config error").
+(docs/methods.md, "Defects of the released code we do not copy", D2), so a typo silently trained a different
+method. Here a method is looked up by its exact name, and its ``Config.from_dict`` rejects unknown keys and
+hyperparameters the chosen variant does not use (docs/methods.md, "General pitfalls").
 """
 from __future__ import annotations
 
