@@ -71,7 +71,8 @@ def encode_qa(tokenizer, question: str, answer: str, max_len: int, mask_prompt: 
 
 
 def chunk_text(tokenizer, text: str, max_len: int) -> list[dict]:
-    """MUSE chunking (docs/benchmarks.md, "Training examples"): pieces of max_len−1 tokens, BOS prepended, last chunk wrapped."""
+    """MUSE chunking (docs/benchmarks.md, "Training examples"): pieces of max_len−1 tokens, BOS prepended, last
+    chunk wrapped."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
     body = max_len - 1

@@ -91,7 +91,8 @@ def build_examples(bench: Benchmark, tokenizer, split: str, source: str, max_len
 
 def build_mixture_examples(path: str | os.PathLike, tokenizer, max_len: int) -> list[dict]:
     """Base-training rows of ``train/*_mix.jsonl`` (docs/benchmarks.md, "Base-training mixtures"):
-    ``{"text"}`` → ``encode_text`` + EOS; ``{"messages"}`` → chat template with loss on all non-pad tokens (``mask_prompt=False``)."""
+    ``{"text"}`` → ``encode_text`` + EOS; ``{"messages"}`` → chat template with loss on all non-pad tokens
+    (``mask_prompt=False``)."""
     path = Path(path)
     out = []
     for lineno, row in read_jsonl_numbered(path):

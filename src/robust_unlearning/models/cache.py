@@ -31,7 +31,8 @@ def _all_strings(obj: Any):
 
 
 def corpus_for_tokenizer(data_dir: Path) -> list[str]:
-    """Every string of every generated file, all splits included (docs/benchmarks.md, "Tokenizer"), in a stable order."""
+    """Every string of every generated file, all splits included, in a stable order (docs/benchmarks.md,
+    "Tokenizer")."""
     texts: list[str] = []
     for f in sorted(data_dir.rglob("*")):
         if f.name in ("manifest.json", "world.json") or f.name.endswith(".meta.json"):
