@@ -2,8 +2,9 @@
 
 Recipe (docs/benchmarks.md, "Base model and retrain oracle"): AdamW β (0.9, 0.95), weight decay 0.01, cosine
 schedule with warmup, fp32, loss on all non-pad tokens. Early stop when greedy exact match on train-template QA
-reaches the threshold on forget and retain. Greedy exact match is computed without generation: greedy decoding reproduces the answer exactly iff
-the argmax at every teacher-forced answer position is the answer token, so one batched forward suffices.
+reaches the threshold on forget and retain. Greedy exact match is computed without generation: greedy decoding
+reproduces the answer exactly iff the argmax at every teacher-forced answer position is the answer token, so one
+batched forward suffices.
 """
 from __future__ import annotations
 
