@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..models.io import resolve_dtype
+from ..utils.faults import at as fault_point
 from ..utils.repro import derive_seed, pick_device, seed_everything
 from . import checkpoint as ckpt
 from . import batching, resume
@@ -208,6 +209,7 @@ class Trainer:
                         self.snapshot_fn(self.model, step + 1)
                     for hook in list(STEP_HOOKS):
                         hook(self, step + 1)
+                    fault_point(f"step={step + 1}")  # RU_FAULT_INJECT (tests only): a crash between checkpoints
                     every = self.tcfg.checkpoint_every
                     if self._stop_signal is not None or (every and (step + 1) % every == 0
                                                          and step + 1 < self.total_steps):

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..utils.faults import at as fault_point
 from .registry import METRICS, EvalContext, _load_builtin, get_metric
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ def evaluate_model(model, tokenizer, bench, eval_cfg: dict | EvalConfig | None =
                  time.perf_counter() - t0)
         metrics.update({k: float(v) for k, v in m.items()})
         items.extend(it)
+        fault_point(f"metric={name}")  # RU_FAULT_INJECT (tests only): a job that dies half-way through
     return metrics, items
 
 
