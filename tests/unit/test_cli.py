@@ -155,3 +155,35 @@ def test_cli_modules_import_no_heavy_library():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def _shell_commands(smk: Path) -> list[tuple[str, str]]:
+    """(rule, shell command) of every rule in a .smk file: the string literals under ``shell:`` joined."""
+    out, rule, in_shell, parts = [], None, False, []
+    for line in smk.read_text().splitlines() + ["rule _end:"]:
+        m = re.match(r"(?:rule|checkpoint) (\w+):", line)
+        if m or (in_shell and line.strip() and not line.strip().startswith('"')):
+            if in_shell:
+                out.append((rule, "".join(parts)))
+            in_shell, parts = False, []
+            rule = m.group(1) if m else rule
+        elif line.strip() == "shell:":
+            in_shell = True
+        elif in_shell and line.strip().startswith('"'):
+            parts.append(json.loads(line.strip()))
+    return out
+
+
+def test_every_rule_is_one_ru_command_whose_output_is_its_log():
+    """So that the '# command: ru ...' header ru writes first is the first line of every job log."""
+    commands = [(smk.name, rule, cmd) for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk"))
+                for rule, cmd in _shell_commands(smk)]
+    assert len(commands) >= 10
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):          # no rule without a shell command
+        assert sorted(re.findall(r"^rule (\w+):", smk.read_text(), re.M)) == \
+            sorted(r for r, _ in _shell_commands(smk)), smk.name
+    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    assert re.search(r'^RU = "ru --trust-remote-code" if .* else "ru"$', common, re.M)
+    for name, rule, cmd in commands:
+        assert re.match(r"(ru|\{params\.ru\}) [a-z-]+ ", cmd), (name, rule, cmd)
+        assert "> {log:q} 2>&1" in cmd and cmd.count(" ru ") == 0 and ";" not in cmd, (name, rule, cmd)
