@@ -31,6 +31,21 @@ NEEDS_PROBE = any(r.method == "prism" for r in RUNS)
 # `--config allow_missing=true` after a `--keep-going` run with failures: aggregate what exists (see aggregate.smk)
 ALLOW_MISSING = bool(config.get("allow_missing", False))
 
+# Jobs that download or only aggregate run on the machine that runs Snakemake (a cluster's login node), never
+# as cluster jobs: compute nodes often have no internet, and a queue wait for a minute of CSV work is waste.
+# cache_base_model downloads when the base model IS the fetched model (source hub / local / gguf without
+# model.finetune); when it trains (train_tiny, or the fine-tune of models/pretrained) it is a cluster job.
+localrules:
+    prepare_data,
+    cache_pretrained_model,
+    aggregate,
+
+
+if config["model"]["source"] != "train_tiny" and not has_pretrained(config):
+
+    localrules:
+        cache_base_model,
+
 wildcard_constraints:
     bench=r"[a-z_]+",
     method=r"[a-z_]+",
@@ -44,6 +59,55 @@ wildcard_constraints:
 def as_json(obj):
     """A JSON string for a shell argument; rules always quote it with {params.x:q}."""
     return json.dumps(obj, sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------------ operational keys
+# Keys that change how a job runs (memory, checkpoint cadence, progress bars, caches), not what it computes.
+# Snakemake records every value under `params:` and reruns a job (and all its consumers) when one changes, so
+# the rules track a section WITHOUT these keys in `params:` and hand the job the whole section through a global
+# (BENCHMARK_JSON, TRAIN_JSON, EVALUATION_JSON, PROBE_JSON) that the shell command formats in; Snakemake tracks the shell command's text, not the
+# values formatted into it. Lowering evaluation.batch_size after an out-of-memory error therefore reruns nothing.
+# A key whose schema default is filled in (benchmark.cache_dir) stays in the tracked section at that default,
+# so trees made before this rule keep their recorded params; the others are dropped.
+_DROP = object()
+OPERATIONAL_KEYS = {
+    "benchmark": {"cache_dir": None},
+    "unlearning.train": {"checkpoint_every": _DROP, "keep_checkpoint": _DROP, "progress": _DROP},
+    "evaluation": {"batch_size": _DROP, "progress": _DROP},
+    "probe": {"feature_batch_size": _DROP},
+}
+
+
+def config_section(path):
+    node = config
+    for part in path.split("."):
+        node = node.get(part) or {}
+    return node
+
+
+def tracked_section(path, section=None):
+    """``path``'s config section without its operational keys (the value a rule puts under ``params:``)."""
+    section = dict(config_section(path) if section is None else section)
+    for key, default in OPERATIONAL_KEYS.get(path, {}).items():
+        if key in section:
+            if default is _DROP:
+                del section[key]
+            else:
+                section[key] = default
+    if path == "evaluation" and isinstance(section.get("under_attack"), dict):
+        section["under_attack"] = tracked_section(path, section["under_attack"])
+    return section
+
+
+def tracked_json(path):
+    return as_json(tracked_section(path))
+
+
+# the whole sections, operational keys included, for the shell commands (not tracked: see above)
+BENCHMARK_JSON = as_json(config_section("benchmark"))
+TRAIN_JSON = as_json(config_section("unlearning.train"))
+EVALUATION_JSON = as_json(config_section("evaluation"))
+PROBE_JSON = as_json(config_section("probe"))
 
 
 def model_dir(model_id):
@@ -142,7 +206,10 @@ def eval_inputs(wildcards):
         inputs["run"] = run_dir(mid)
     else:
         inputs["model"] = model_dir(mid)
-    if attack != "none":
+    if attack in MODEL_ATTACKS:  # attack.json (kept) and the attacked copy (temp: an input, so it lives until read)
+        inputs["artefact"] = f"{attack_out(attack, wildcards.aparams, mid)}/attack.json"
+        inputs["attacked_model"] = f"{attack_out(attack, wildcards.aparams, mid)}/model"
+    elif attack != "none":
         inputs["artefact"] = attack_out(attack, wildcards.aparams, mid)
     if has_retrain(config) and mid != "models/retrain":
         inputs["reference"] = eval_path("models/retrain")
@@ -157,8 +224,9 @@ def eval_model_dir(wildcards):
 
 def eval_options(wildcards, input):
     opts = []
-    if "artefact" in input.keys():
-        opts += ["--artefact-dir", input.artefact]
+    if "artefact" in input.keys():  # the folder: attack.json of a model attack, else the artefact folder itself
+        artefact = input.artefact
+        opts += ["--artefact-dir", os.path.dirname(artefact) if artefact.endswith("/attack.json") else artefact]
     if "reference" in input.keys():
         opts += ["--reference", input.reference]
     if "run" in input.keys():

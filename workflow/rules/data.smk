@@ -5,7 +5,7 @@ rule prepare_data:
     output:
         directory(f"{B}/data"),
     params:
-        benchmark=as_json(config["benchmark"]),
+        benchmark=tracked_json("benchmark"),  # the shell passes BENCHMARK_JSON (common.smk, operational keys)
     log:
         f"{B}/logs/prepare_data.log",
     benchmark:
@@ -17,4 +17,4 @@ rule prepare_data:
         mem_mb=2000,
         runtime=30,
     shell:
-        "ru prepare-data --benchmark {params.benchmark:q} --out {output:q} > {log:q} 2>&1"
+        "ru prepare-data --benchmark {BENCHMARK_JSON:q} --out {output:q} > {log:q} 2>&1"

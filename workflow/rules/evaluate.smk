@@ -10,7 +10,7 @@ rule evaluate:
     params:
         ru=RU,
         bench=BENCH,
-        evaluation=as_json(config["evaluation"]),
+        evaluation=tracked_json("evaluation"),  # the shell passes EVALUATION_JSON (common.smk, operational keys)
         judges=as_json(config["judges"]),
         model=eval_model_dir,
         options=eval_options,
@@ -28,7 +28,7 @@ rule evaluate:
         runtime=60,
         gpu=1,
     shell:
-        "{params.ru} evaluate --benchmark-name {params.bench:q} --evaluation {params.evaluation:q} --judges {params.judges:q}"
+        "{params.ru} evaluate --benchmark-name {params.bench:q} --evaluation {EVALUATION_JSON:q} --judges {params.judges:q}"
         " --data {input.data:q} --model-id {wildcards.model_id:q} --model-dir {params.model:q}"
         " --attack {wildcards.attack:q} --attack-params {wildcards.aparams:q} {params.options}"
         " --seed {params.seed} --out {params.out:q} --threads {threads} > {log:q} 2>&1"

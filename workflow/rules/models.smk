@@ -30,7 +30,9 @@ rule cache_base_model:
         unpack(pretrained_inputs),
         data=f"{B}/data",
     output:
-        directory(f"{B}/models/base"),
+        # protected(): read-only once written, so no rule and no --forcerun overwrites the model that every run
+        # starts from (Snakemake refuses; delete or `chmod -R u+w` it first to rebuild it on purpose)
+        protected(directory(f"{B}/models/base")),
     params:
         ru=RU,
         model=as_json(config["model"]),
@@ -82,9 +84,10 @@ rule train_probe:
         directory(f"{B}/probe/seed~{{seed}}"),
     params:
         ru=RU,
-        probe=as_json(config["probe"]),
-        train=as_json(config["unlearning"]["train"]),
-        benchmark=as_json(config["benchmark"]),
+        probe=tracked_json("probe"),
+        # the shell passes PROBE_JSON / TRAIN_JSON / BENCHMARK_JSON (common.smk, operational keys)
+        train=tracked_json("unlearning.train"),
+        benchmark=tracked_json("benchmark"),
     log:
         f"{B}/logs/train_probe/seed~{{seed}}.log",
     benchmark:
@@ -97,6 +100,6 @@ rule train_probe:
         runtime=60,
         gpu=1,
     shell:
-        "{params.ru} train-probe --probe {params.probe:q} --train {params.train:q} --benchmark {params.benchmark:q}"
+        "{params.ru} train-probe --probe {PROBE_JSON:q} --train {TRAIN_JSON:q} --benchmark {BENCHMARK_JSON:q}"
         " --data {input.data:q} --model-dir {input.base:q} --seed {wildcards.seed} --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"

@@ -10,8 +10,9 @@ rule unlearn:
     params:
         ru=RU,
         settings=unlearn_settings,
-        train=as_json(config["unlearning"]["train"]),
-        benchmark=as_json(config["benchmark"]),
+        # the shell passes TRAIN_JSON / BENCHMARK_JSON (common.smk, operational keys)
+        train=tracked_json("unlearning.train"),
+        benchmark=tracked_json("benchmark"),
         probe=lambda wc, input: f"--probe-dir {shlex.quote(input.probe)}" if "probe" in input.keys() else "",
         checkpoint=f"{B}/checkpoints/unlearn/{{method}}/{{params}}/seed~{{seed}}",
     log:
@@ -26,7 +27,7 @@ rule unlearn:
         runtime=240,
         gpu=1,
     shell:
-        "{params.ru} unlearn --method {wildcards.method:q} --settings {params.settings:q} --train {params.train:q}"
-        " --benchmark {params.benchmark:q} --data {input.data:q} --model-dir {input.base:q} {params.probe}"
+        "{params.ru} unlearn --method {wildcards.method:q} --settings {params.settings:q} --train {TRAIN_JSON:q}"
+        " --benchmark {BENCHMARK_JSON:q} --data {input.data:q} --model-dir {input.base:q} {params.probe}"
         " --seed {wildcards.seed} --out {output:q} --checkpoint-dir {params.checkpoint:q}"
         " --threads {threads} > {log:q} 2>&1"

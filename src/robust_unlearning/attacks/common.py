@@ -341,6 +341,11 @@ def write_attack_json(out_dir, attack_cls, cfg, seed: int, model_dir, bench, sta
                       result: dict | None = None, **extra: Any) -> dict:
     """``out_dir/attack.json``: status, settings, provenance, timing (written last: its presence marks completion).
     ``extra`` may override ``status`` (e.g. "diverged" when relearning blew up; the CLI skips evaluation then)."""
+    # a model attack's copy (out_dir/model) is temporary in the workflow (deleted once evaluated): its file list
+    # (size, sha256) stays here, so what was deleted remains on record
+    manifest = Path(out_dir) / "model" / "weights_manifest.json"
+    if manifest.is_file() and "model_files" not in extra:
+        extra["model_files"] = read_json(manifest).get("files", {})
     doc = {"attack": attack_cls.name, "kind": attack_cls.kind, "status": "ok", "params": cfg.to_dict(),
            "seed": int(seed),
            "model_dir": str(model_dir) if model_dir is not None else None, "benchmark": bench_location(bench),
