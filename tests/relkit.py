@@ -47,8 +47,15 @@ def _record(what):
             fh.write(f"{os.getpid()} {what} argv={sys.argv[:3]!r}\\n")
 
 
+def _netns():
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return "unknown"
+
+
 if _LOG:
-    _record("LOADED")
+    _record(f"LOADED netns={_netns()}")
     _connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
 
     def _check(sock, address):

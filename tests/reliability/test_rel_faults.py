@@ -4,8 +4,10 @@
   --rerun-incomplete: the grid completes, no finished job runs again, the tables equal the uninterrupted run's.
 - SIGTERM of one unlearning job (what SLURM sends at a time limit): it checkpoints, the rerun resumes from the
   step it reached, and the final weights are bit-identical to the uninterrupted run's.
-- Jobs that fail (RU_FAULT_INJECT) under --keep-going: independent branches finish; `--config allow_missing=true`
-  aggregates and marks the missing cells; a later normal run recomputes only the failed jobs.
+- Jobs that fail half-way (RU_FAULT_INJECT ...#step=3 / #metric=knowmem) under --keep-going: nothing partial is
+  left as an output, the checkpoint survives, independent branches finish; `--config allow_missing=true`
+  aggregates and marks the missing cells; a later normal run recomputes only the failed jobs, resuming the
+  unlearning job from its last checkpoint.
 - A diverging run (a real NaN from a huge learning rate): the default fails naming method, step and loss term;
   ``on_divergence: record`` writes a ``diverged`` status that the tables show.
 """
@@ -86,15 +88,24 @@ RELEARN = relkit.attack_params(relkit.variant(attacks=RELEARN_ONE), "relearn")[0
 def test_keep_going_finishes_independent_branches_and_the_aggregate_marks_missing_cells(reference_run, tmp_path):
     cfg = relkit.variant(methods={"ga": {"lr": [1.0e9, *MINI_METHODS["ga"]["lr"]]}, "npo": MINI_METHODS["npo"]},
                          attacks=RELEARN_ONE, evaluation={"max_items": 4},    # the science does not matter here
-                         **{"unlearning.train.on_divergence": "record", "unlearning.train.steps": 5})
+                         **{"unlearning.train.on_divergence": "record", "unlearning.train.steps": 5,
+                            "unlearning.train.checkpoint_every": 2})
     wd = relkit.seed_workdir(reference_run.workdir, tmp_path / "wf", cfg)
-    faults = f"unlearn@{GA_FAIL},evaluate@{NPO}/none/"
+    # both jobs die HALF-WAY (utils/faults.py): GA after its 3rd of 5 steps (checkpoint at step 2 on disk, step 3
+    # in the live log), the NPO evaluation after its first KnowMem split (MCQ already computed)
+    faults = f"unlearn@{GA_FAIL}#step=3,evaluate@{NPO}/none/#metric=knowmem"
     res = relkit.run_snakemake(wd, "--keep-going", env=relkit.snakemake_env({"RU_FAULT_INJECT": faults}))
     assert res.returncode != 0
     ev = wd / BENCH / "eval"
-    # the injected failures, named in their job logs
-    assert "InjectedFault" in (wd / BENCH / "logs" / f"{GA_FAIL}.log").read_text()
-    assert "InjectedFault" in (wd / BENCH / "logs" / "eval" / NPO / "none" / "default.log").read_text()
+    # the injected failures, named in their job logs, mid-way
+    ga_log = (wd / BENCH / "logs" / f"{GA_FAIL}.log").read_text()
+    assert "InjectedFault" in ga_log and "at step=3" in ga_log, ga_log[-2000:]
+    eval_log = (wd / BENCH / "logs" / "eval" / NPO / "none" / "default.log").read_text()
+    assert "InjectedFault" in eval_log and "at metric=knowmem" in eval_log, eval_log[-2000:]
+    # what they had written: the checkpoint survives (outside the output), no partial output is left behind
+    ck = wd / BENCH / "checkpoints" / GA_FAIL
+    assert json.loads((ck / "state" / "meta.json").read_text())["step"] == 2
+    assert relkit.count_lines(ck / "train_log.live.jsonl") == 3
     assert not (wd / BENCH / GA_FAIL).exists() and not (ev / NPO / "none").exists()
     # every branch that does not depend on a failed job finished
     for cell in ("models/base/none/default", "models/retrain/none/default", f"{NPO}/relearn/{RELEARN}",
@@ -125,6 +136,7 @@ def test_keep_going_finishes_independent_branches_and_the_aggregate_marks_missin
     # once the cause is gone, a normal run recomputes only the failed jobs and re-aggregates without holes
     fixed = relkit.run_snakemake(wd)
     assert fixed.returncode == 0, relkit.explain(fixed, wd)
+    assert "resumed from step 2" in (wd / BENCH / "logs" / f"{GA_FAIL}.log").read_text()   # not from step 0
     planned = relkit.planned_jobs(fixed.stdout + fixed.stderr)
     assert planned == {"unlearn": 1, "attack_model": 1, "evaluate": 3, "aggregate": 1, "all": 1}, planned
     df = relkit.comparable(relkit.read_tidy(wd))

@@ -14,7 +14,9 @@ import ast
 import http.server
 import json
 import logging
+import os
 import pickle
+import re
 import shlex
 import subprocess
 import sys
@@ -218,12 +220,32 @@ def test_shell_metacharacters_in_a_grid_value_are_rejected():
 # ------------------------------------------------------------------------------------------------ network
 @pytest.mark.slow
 def test_the_default_run_makes_no_network_connection(reference_run):
+    """Two layers: every process of the run was in a network namespace of its own (``unshare -rn``: no interface
+    but a down loopback, so nothing below Python could connect either), and the Python guard saw no attempt."""
     log = reference_run.net_log.read_text().splitlines()
     loaded = [l for l in log if l.split()[1:2] == ["LOADED"]]
     assert any("'ru'" in l or "/ru'" in l for l in loaded), log[:5]      # the guard was active in the jobs
     assert any("snakemake" in l for l in loaded), log[:5]
     blocked = [l for l in log if "BLOCKED" in l]
     assert not blocked, blocked
+    # the namespace: without `unshare -rn` only Python's socket calls were covered, which is not enough
+    assert reference_run.netns, "the reference run had no private network namespace (`unshare -rn` refused)"
+    ours = os.readlink("/proc/self/ns/net")
+    spaces = {re.search(r"netns=(\S+)", l).group(1) for l in loaded}
+    assert spaces and ours not in spaces and "unknown" not in spaces, (ours, spaces)
+
+
+def test_the_run_prefix_gives_a_private_network_namespace():
+    """What the reference run is started under (relkit.unshare_prefix): a namespace other than ours, with no
+    interface up (a raw connect fails below Python). Fails, not skips, where `unshare -rn` is refused."""
+    prefix = relkit.unshare_prefix()
+    assert prefix, "`unshare -rn` is not available or not permitted: the run could not be isolated"
+    res = subprocess.run(prefix + ["readlink", "/proc/self/ns/net"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0 and res.stdout.strip() != os.readlink("/proc/self/ns/net"), res
+    code = "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 80), timeout=5)\nexcept OSError as e:\n" \
+           "    print('unreachable', e.errno)\n"
+    res = subprocess.run(prefix + [sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    assert "unreachable" in res.stdout, (res.stdout, res.stderr)
 
 
 def test_the_network_guard_really_blocks(tmp_path):
