@@ -22,6 +22,8 @@ rule attack_model:
         model=lambda wc: model_dir(wc.model_id),
         seed=lambda wc: attack_seed(wc.model_id),
         out=lambda wc, output: os.path.dirname(output.attack),
+        # relearn's resumable state: outside the outputs (Snakemake deletes those of a failed job), like unlearn's
+        checkpoint=f"{B}/checkpoints/attack/{{attack}}/{{aparams}}/{{model_id}}",
     log:
         f"{B}/logs/attack/{{attack}}/{{aparams}}/{{model_id}}.log",
     benchmark:
@@ -38,7 +40,7 @@ rule attack_model:
     shell:
         "{params.ru} attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
         " --model-dir {params.model:q} --seed {params.seed} --out {params.out:q} --threads {threads}"
-        " > {log:q} 2>&1 && mkdir -p {output.model:q}"
+        " --checkpoint-dir {params.checkpoint:q} > {log:q} 2>&1 && mkdir -p {output.model:q}"
 
 
 # prompts optimised against one model (GCG suffixes, jailbreak templates): small artefacts, kept

@@ -2,6 +2,7 @@
 such as ``utils.repro``) stay inside the functions, so that `ru --help` and `ru validate-config` start quickly."""
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -114,8 +115,11 @@ def cmd_attack(args) -> int:
         atomic_write_json(out / "attack.json", {"status": _run_status(str(run_json)), "attack": args.attack})
         return 0
     attack = get_attack(args.attack)
+    extra = {}
+    if getattr(args, "checkpoint_dir", None) and "checkpoint_dir" in inspect.signature(attack.prepare).parameters:
+        extra["checkpoint_dir"] = Path(args.checkpoint_dir)  # attacks that train (relearn) resume from it
     attack.prepare(Path(args.model_dir), Benchmark(args.data), args.settings, out, args.seed,
-                   device=str(pick_device(args.device)))
+                   device=str(pick_device(args.device)), **extra)
     return 0
 
 

@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     _settings(s, "--settings", "one setting of the attack (docs/evaluation.md)")
     _data(s)
     _path(s, "--model-dir", "the model to attack (the base model for model-free input attacks)")
+    _path(s, "--checkpoint-dir", "relearn: resumable state, outside --out; rerunning the same command resumes "
+          "from it", required=False)
     _job_options(s, "the attack folder to write (attack.json, artefacts)")
 
     s = cmd("evaluate", "evaluate one model, clean or under one attack setting")

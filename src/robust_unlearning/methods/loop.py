@@ -42,7 +42,7 @@ from .gradients import combine_gcd, gcd_coefficients, global_norm, grad_stats, p
 from .gradients import sam_perturb, sam_restore  # noqa: F401 (re-export)
 from .metering import Counters, current_memory_mb, peak_memory_mb, run_cost  # noqa: F401 (re-export)
 from .preemption import Preempted, SignalGuard
-from .resume import jsonable as _jsonable
+from .resume import input_fingerprint, jsonable as _jsonable
 from .train_config import LoraConfig, TrainConfig  # noqa: F401 (re-export)
 from .train_config import lr_lambda as _lr_lambda
 from .wrapping import unwrap_model, wrap_model
@@ -93,7 +93,9 @@ class Trainer:
             "train": _jsonable({k: v for k, v in tcfg.to_dict().items()
                                 if k not in ("progress", "checkpoint_every", "keep_checkpoint", "save_steps")}),
             "seed": self.seed, "forget_sha256": examples_sha256(self.forget),
-            "retain_sha256": examples_sha256(self.retain), **(fingerprint_extra or {})}
+            "retain_sha256": examples_sha256(self.retain),
+            **input_fingerprint(model, probe_dir),  # a rebuilt base model / probe never resumes a stale state
+            **(fingerprint_extra or {})}
 
         seed_everything(derive_seed(self.seed, "train", method.name))
         if tcfg.dtype is not None:
