@@ -39,7 +39,7 @@ rule attack_model:
     # status) and the empty model folder only completes the job's outputs (the evaluation reads the status)
     shell:
         "{params.ru} attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
-        " --model-dir {params.model:q} --seed {params.seed} --out {params.out:q} --threads {threads}"
+        " --model-dir {params.model:q} --seed {params.seed} --out {params.out:q} --threads {threads} --dtype {MODEL_DTYPE}"
         " --checkpoint-dir {params.checkpoint:q} > {log:q} 2>&1 && mkdir -p {output.model:q}"
 
 
@@ -69,7 +69,8 @@ rule attack_prompt_model:
         gpu=1,
     shell:
         "{params.ru} attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
-        " --model-dir {params.model:q} --seed {params.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --model-dir {params.model:q} --seed {params.seed} --out {output:q} --threads {threads} --dtype {MODEL_DTYPE}"
+        " > {log:q} 2>&1"
 
 
 rule attack_shared:
@@ -95,4 +96,4 @@ rule attack_shared:
         runtime=30,
     shell:
         "{params.ru} attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
-        " --model-dir {input.base:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --model-dir {input.base:q} --out {output:q} --threads {threads} --dtype {MODEL_DTYPE} > {log:q} 2>&1"

@@ -108,6 +108,10 @@ BENCHMARK_JSON = as_json(config_section("benchmark"))
 TRAIN_JSON = as_json(config_section("unlearning.train"))
 EVALUATION_JSON = as_json(config_section("evaluation"))
 PROBE_JSON = as_json(config_section("probe"))
+# the precision every job that loads a model uses (`--dtype`; unlearning and evaluation have their own keys,
+# unlearning.train.dtype and evaluation.dtype). Not a param: model.dtype is tracked by cache_base_model (it writes
+# the base model in it), so changing it already reruns everything downstream of the base model.
+MODEL_DTYPE = config["model"]["dtype"]
 
 
 def model_dir(model_id):

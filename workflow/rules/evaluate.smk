@@ -55,7 +55,8 @@ rule loss_landscape:
     resources:
         mem_mb=4000,
         runtime=30,
+        gpu=1,
     shell:
         "{params.ru} landscape --data {input.data:q} --model-dir {params.model:q} --points {params.points}"
         " --label {params.label:q}"
-        " --out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --out {output:q} --threads {threads} --dtype {MODEL_DTYPE} > {log:q} 2>&1"

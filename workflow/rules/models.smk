@@ -102,4 +102,4 @@ rule train_probe:
     shell:
         "{params.ru} train-probe --probe {PROBE_JSON:q} --train {TRAIN_JSON:q} --benchmark {BENCHMARK_JSON:q}"
         " --data {input.data:q} --model-dir {input.base:q} --seed {wildcards.seed} --out {output:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --threads {threads} --dtype {MODEL_DTYPE} > {log:q} 2>&1"

@@ -312,10 +312,25 @@ def mcq_with_clean(model, tokenizer, bench, eval_cfg: dict | None, splits: Seque
 
 
 # -------------------------------------------------------------------------------------------- prepare I/O
-def load_for_attack(model_dir, device: str = "auto", dtype: str = "float32"):
+# the precision every attack loads its model in: `ru attack --dtype` (the rules pass model.dtype) sets it once per
+# job, so each attack's prepare (built-in or plugin) needs no dtype argument of its own
+_LOAD_DTYPE = "float32"
+
+
+def set_load_dtype(dtype: str) -> None:
+    global _LOAD_DTYPE
+    _LOAD_DTYPE = str(dtype)
+
+
+def load_dtype() -> str:
+    return _LOAD_DTYPE
+
+
+def load_for_attack(model_dir, device: str = "auto", dtype: str | None = None):
+    """The model (eval mode) and tokenizer; ``dtype`` None: the job's precision (:func:`set_load_dtype`)."""
     from ..models.io import load_model, load_tokenizer
     dev = pick_device(device)
-    model = load_model(model_dir, dtype=dtype, device=dev)
+    model = load_model(model_dir, dtype=dtype or _LOAD_DTYPE, device=dev)
     model.eval()
     return model, load_tokenizer(model_dir)
 

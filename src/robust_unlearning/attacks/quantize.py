@@ -2,11 +2,12 @@
 step vanish when the weights are rounded, so the quantised unlearned model falls back towards the target.
 
 CPU / synthetic path ("fake"): round-to-nearest on every ``nn.Linear`` weight except the LM head (and anything
-sharing storage with the input embeddings), dequantised back to fp32:
+sharing storage with the input embeddings), dequantised back to the weights' precision:
 - int8: symmetric per output channel, scale_o = max_i |W_oi| / 127, W' = scale_o · clamp(round(W/scale_o), −127, 127);
 - int4: symmetric per group of ``group_size`` (32) consecutive input columns, scale = max|W_group| / 7.
 Every weight moves by at most scale/2. The bitsandbytes path (reference: 4-bit FP4 block 64 / LLM.int8) needs
-CUDA; the quantised model is dequantised and saved as an ordinary fp32 folder so evaluation needs no bitsandbytes.
+CUDA; the quantised model is dequantised and saved as an ordinary folder (in model.dtype) so evaluation needs no
+bitsandbytes.
 """
 from __future__ import annotations
 
@@ -95,6 +96,7 @@ class Quantize:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.backend == "fake":
+            # CPU whatever the job's device: rounding is then identical on every machine; precision: model.dtype
             model, tok = load_for_attack(model_dir, "cpu")
             stats = fake_quantize_model(model, cfg.bits, cfg.group_size if cfg.bits == 4 else None)
             scheme = "int8 symmetric per output channel" if cfg.bits == 8 else \
@@ -124,5 +126,8 @@ def _bitsandbytes_roundtrip(model_dir, bits: int):
     qcfg = BitsAndBytesConfig(load_in_4bit=True) if bits == 4 else BitsAndBytesConfig(load_in_8bit=True)
     model = AutoModelForCausalLM.from_pretrained(str(path), quantization_config=qcfg, dtype=torch.bfloat16,
                                                  local_files_only=True, device_map={"": 0})
-    model = model.dequantize().to(torch.float32).cpu()
+    from ..models.io import resolve_dtype
+    from .common import load_dtype
+
+    model = model.dequantize().to(resolve_dtype(load_dtype())).cpu()  # saved in the job's precision
     return model, load_tokenizer(path), {"n_modules": None}

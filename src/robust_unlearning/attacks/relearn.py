@@ -1,6 +1,7 @@
 """Relearning attack (evaluation.md §7.1): plain fine-tuning of the unlearned model on forget data.
 
-Synthetic defaults: forget docs, 10/25/50 steps, lr 1e-4 cosine, batch 4, AdamW fp32, seeded 25/50/100%
+Synthetic defaults: forget docs, 10/25/50 steps, lr 1e-4 cosine, batch 4, AdamW in the model's precision
+(model.dtype; fp32 on the synthetic default), gradient checkpointing on CUDA, seeded 25/50/100%
 subsets (cycled). Guard: the data must fingerprint-match the forget split of the same benchmark — relearning on
 retain data by mistake is a known failure of reference scripts, so anything else is refused.
 """
@@ -35,6 +36,9 @@ class Relearn:
         max_len: int = 256
         schedule: Literal["cosine", "constant"] = "cosine"
         split: str = "forget"  # anything but "forget" is refused by the fingerprint guard
+        # recompute activations in the backward pass (memory for time; the same numbers): None = on CUDA only,
+        # where a 7B model's activations would not fit beside its weights and AdamW state
+        gradient_checkpointing: bool | None = None
 
         def check(self) -> None:
             self.require(self.steps >= 1, "steps", f"must be ≥ 1, got {self.steps}")
@@ -73,8 +77,13 @@ class Relearn:
         if not subset:
             raise RelearnDataError(f"relearn subset is empty (fraction {cfg.fraction}, {len(examples)} examples)")
         model.train()
+        checkpointing = cfg.gradient_checkpointing
+        if checkpointing is None:
+            checkpointing = next(model.parameters()).device.type == "cuda"
+        # the model is loaded in the job's precision (ru attack --dtype = model.dtype) and trained in it
         stats = finetune(model, tok, subset, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed,
-                         schedule=cfg.schedule, checkpoint_dir=checkpoint_dir, log_path=out_dir / "train_log.jsonl")
+                         schedule=cfg.schedule, checkpoint_dir=checkpoint_dir, log_path=out_dir / "train_log.jsonl",
+                         train_cfg={"gradient_checkpointing": bool(checkpointing)})
         model.eval()
         save_model(model, tok, out_dir / "model")
         return write_attack_json(out_dir, cls, cfg, seed, model_dir, bench, started,

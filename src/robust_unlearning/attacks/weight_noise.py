@@ -58,6 +58,8 @@ class WeightNoise:
         noise_seed = cfg.seed if cfg.seed is not None else seed
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        # on the CPU whatever the job's device: the seeded noise is then the same on every machine (one pass
+        # over the weights, no forward); the precision is the job's (model.dtype)
         model, tok = load_for_attack(model_dir, "cpu")
         stats = add_weight_noise(model, cfg.sigma, noise_seed, cfg.scope)
         save_model(model, tok, out_dir / "model")

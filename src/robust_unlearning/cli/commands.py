@@ -57,11 +57,11 @@ def cmd_train_probe(args) -> int:
     from ..data.formats import Benchmark
     from ..data.unlearning_sets import build_examples
     from ..methods.probe import train_probe
-    from ..utils.repro import configure_threads, seed_everything
+    from ..utils.repro import configure_threads, pick_device, seed_everything
 
     configure_threads(args.threads)
     seed_everything(args.seed)
-    model, tok = _load(args.model_dir)
+    model, tok = _load(args.model_dir, dtype=args.dtype, device=str(pick_device(args.device)))
     bench = Benchmark(args.data)
     max_len = int(args.train.get("max_len", 256))
     forget = build_examples(bench, tok, "forget", args.benchmark.get("forget_source", "raw"), max_len)
@@ -115,6 +115,9 @@ def cmd_attack(args) -> int:
         atomic_write_json(out / "attack.json", {"status": _run_status(str(run_json)), "attack": args.attack})
         return 0
     attack = get_attack(args.attack)
+    from ..attacks.common import set_load_dtype
+
+    set_load_dtype(getattr(args, "dtype", "float32"))  # every attack's load_for_attack loads in this precision
     extra = {}
     if getattr(args, "checkpoint_dir", None) and "checkpoint_dir" in inspect.signature(attack.prepare).parameters:
         extra["checkpoint_dir"] = Path(args.checkpoint_dir)  # attacks that train (relearn) resume from it
@@ -199,10 +202,10 @@ def cmd_aggregate(args) -> int:
 def cmd_landscape(args) -> int:
     from ..data.formats import Benchmark
     from ..metrics.landscape import loss_landscape_1d
-    from ..utils.repro import configure_threads
+    from ..utils.repro import configure_threads, pick_device
 
     configure_threads(args.threads)
-    model, tok = _load(args.model_dir)
+    model, tok = _load(args.model_dir, dtype=args.dtype, device=str(pick_device(args.device)))
     result = loss_landscape_1d(model, tok, Benchmark(args.data), points=args.points, seed=args.seed)
     result["method"] = args.label
     atomic_write_json(args.out, result)

@@ -78,6 +78,11 @@ def _train_inputs(s, model_help: str) -> None:
     _path(s, "--model-dir", model_help)
 
 
+def _dtype(s) -> None:
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="precision the model is loaded in (the rules pass model.dtype; default: float32)")
+
+
 def _job_options(s, out_help: str, out_metavar: str = "DIR", seed: bool = True, device: bool = True,
                  seed_help: str = "seeds everything the job draws at random (default: 0)",
                  seed_required: bool = False) -> None:
@@ -127,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("train-probe", "PRISM stage 1: robust probe on the frozen base model")
     _settings(s, "--probe", "the config's `unlearning.methods.prism.probe` section")
     _train_inputs(s, "the base model folder")
-    _job_options(s, "the probe folder to write", device=False)
+    _dtype(s)
+    _job_options(s, "the probe folder to write")
 
     s = cmd("unlearn", "run one unlearning method on the base model")
     s.add_argument("--method", required=True, help="a registered method name (ga, graddiff, npo, simnpo, rmu, "
@@ -147,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     _path(s, "--model-dir", "the model to attack (the base model for model-free input attacks)")
     _path(s, "--checkpoint-dir", "relearn: resumable state, outside --out; rerunning the same command resumes "
           "from it", required=False)
+    _dtype(s)
     _job_options(s, "the attack folder to write (attack.json, artefacts)")
 
     s = cmd("evaluate", "evaluate one model, clean or under one attack setting")
@@ -184,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     _path(s, "--model-dir", "the model folder")
     s.add_argument("--points", type=int, default=11, help="points on the slice (default: 11)")
     s.add_argument("--label", default="model", help="legend label (the rule passes method and params)")
-    _job_options(s, "landscape.json to write", "FILE", device=False, seed_help="seeds the random direction (default: 0)")
+    _dtype(s)
+    _job_options(s, "landscape.json to write", "FILE", seed_help="seeds the random direction (default: 0)")
     return p
 
 

@@ -22,7 +22,7 @@ def filter_normalised_direction(model, seed: int) -> dict[str, torch.Tensor]:
             d *= p.detach().float().norm(dim=-1, keepdim=True) / (d.norm(dim=-1, keepdim=True) + 1e-10)
         else:
             d *= p.detach().float().norm() / (d.norm() + 1e-10)
-        direction[name] = d.to(p.device)
+        direction[name] = d.to(device=p.device, dtype=p.dtype)  # a bf16 7B model: no fp32 copy of its size
     return direction
 
 
@@ -48,7 +48,7 @@ def loss_landscape_1d(model, tokenizer, bench, points: int = 11, seed: int = 0, 
     try:
         for a in alphas:
             for n, p in model.named_parameters():
-                p.copy_(backup[n] + a * direction[n].to(p.dtype))
+                p.copy_(backup[n] + a * direction[n])
             for split, b in batches.items():
                 losses[split].append(_loss(model, b))
     finally:
