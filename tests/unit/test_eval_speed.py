@@ -209,3 +209,16 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_outputs(micro_model, tiny_
     for a, b in zip(lp, lp_ref):
         assert torch.allclose(a["logprobs"], b["logprobs"], atol=1e-5)
     assert [round(s.logprob, 4) for s in sc] == [round(s.logprob, 4) for s in sc_ref]
+
+
+def test_evaluate_model_reports_seconds_per_metric(micro_model, tiny_tokenizer, tmp_path):
+    from robust_unlearning.data.formats import Benchmark
+    from robust_unlearning.data.synthetic import generate_world
+    from robust_unlearning.metrics.evaluate import evaluate_model
+
+    generate_world(tmp_path / "w", seed=0, size="tiny")
+    seconds: dict = {}
+    cfg = {"metrics": ["knowmem", "privleak"], "max_items": 2, "batch_size": 2, "knowmem_max_new_tokens": 3}
+    metrics, _ = evaluate_model(micro_model, tiny_tokenizer, Benchmark(tmp_path / "w"), cfg, seconds=seconds)
+    assert set(seconds) == {"knowmem:forget", "knowmem:retain", "privleak"}
+    assert all(v >= 0 for v in seconds.values()) and "forget_knowmem" in metrics

@@ -205,10 +205,8 @@ def _cache_kwarg(model) -> str:
 def _prefix_cache(model, prefix: list[int], device):
     """Key/value cache of ``prefix`` (batch 1), computed once."""
     out = model(input_ids=torch.tensor([prefix], dtype=torch.long, device=device), use_cache=True)
-    cache = getattr(out, "past_key_values", None)
-    if cache is None:
-        cache = getattr(out, "cache", None)
-    return cache
+    cache = getattr(out, "cache", None)  # transformers ≥ 5.25 name; reading the old one there only warns
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 @dataclass
