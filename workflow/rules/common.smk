@@ -14,6 +14,11 @@ try:
 except ValueError as exc:  # ConfigValidationError: message names the key
     raise WorkflowError(str(exc))
 
+# `ru` in every rule's command is workflow/bin/ru: the library from this repository's src/ (PYTHONPATH), run by
+# the job's python, so a conda env (envs/core.yaml: dependencies only) needs no install of the project. The
+# prefix keeps Snakemake's default strict mode; workflow.basedir is the folder of the Snakefile.
+shell.prefix("set -euo pipefail; export PATH=" + shlex.quote(os.path.join(workflow.basedir, "workflow", "bin")) + ':"$PATH"; ')
+
 RESULTS = config["results_dir"]
 BENCH = config["benchmark"]["name"]
 B = f"{RESULTS}/{BENCH}"
