@@ -205,8 +205,9 @@ def output_aliases() -> dict[str, tuple[str, str | None]]:
 
 
 def evaluate_model(model, tokenizer, bench, eval_cfg: dict | EvalConfig | None = None,
-                   reference: dict | None = None) -> tuple[dict[str, float], list[dict]]:
-    """Run every configured metric; returns (metrics, items). ``reference``: {"auc_retrain": float,
+                   reference: dict | None = None, seconds: dict | None = None) -> tuple[dict[str, float], list[dict]]:
+    """Run every configured metric; returns (metrics, items); ``seconds`` (if given) receives each metric's wall
+    time. ``reference``: {"auc_retrain": float,
     "auc_retrain_minkpp": float, "margin_centres": {...}} — each optional; PrivLeak is reported with the oracle's
     ``auc_retrain``, else on MUSE with the published constant (``privleak_reference``), else the AUCs alone."""
     cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_dict(eval_cfg)
@@ -220,8 +221,10 @@ def evaluate_model(model, tokenizer, bench, eval_cfg: dict | EvalConfig | None =
     for name, split in cfg.resolved():
         t0 = time.perf_counter()
         m, it = get_metric(name).fn(ctx, split)
-        log.info("metric %s%s: %d items in %.1fs", name, f":{split}" if split else "", len(it),
-                 time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        log.info("metric %s%s: %d items in %.1fs", name, f":{split}" if split else "", len(it), took)
+        if seconds is not None:  # wall seconds per metric unit, for metrics.json's "seconds" (next to "metrics")
+            seconds[f"{name}:{split}" if split else name] = round(took, 3)
         metrics.update({k: float(v) for k, v in m.items()})
         items.extend(it)
         fault_point(f"metric={name}")  # RU_FAULT_INJECT (tests only): a job that dies half-way through
