@@ -290,8 +290,10 @@ def test_bench_methods_side_by_side(micro_model, tiny_tokenizer, data):
     assert set(out) == {"npo_gdr", "prism", "rmu"}
     npo, prism, rmu = out["npo_gdr"], out["prism"], out["rmu"]
     # PRISM makes 3 fwd+bwd passes where NPO+GDR makes 2 (method.md §12), and measures itself against NPO+GDR
-    assert npo["passes_per_step"] == {"policy_forward": 2.0, "policy_backward": 2.0}
-    assert prism["passes_per_step"] == {"policy_forward": 3.0, "policy_backward": 3.0}
+    def policy(v):   # PRISM also counts the backward through its probe term alone (probe_backward)
+        return {k: n for k, n in v["passes_per_step"].items() if k.startswith("policy_")}
+    assert policy(npo) == {"policy_forward": 2.0, "policy_backward": 2.0}
+    assert policy(prism) == {"policy_forward": 3.0, "policy_backward": 3.0}
     assert prism["step_ratio_vs_npo_gdr"] == pytest.approx(prism["s_per_step"] / npo["s_per_step"])
     assert rmu["step_ratio_vs_npo_gdr"] == pytest.approx(rmu["s_per_step"] / npo["s_per_step"])
     # state memory by hand, P = parameter bytes: weights + gradients + AdamW's two moments + one spare
