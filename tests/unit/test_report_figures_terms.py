@@ -34,7 +34,12 @@ def test_styles_unique_and_references_fixed():
     assert st[("base", "-")] == ("black", "*") and st[("retrain", "-")][0] == "dimgrey"
     others = [st[c] for c in configs[2:]]
     assert len({(tuple(c), m) for c, m in others}) == len(others)          # no two share colour and marker
-    assert len({tuple(c) for c, _ in others[:17]}) == 17                    # the first 17 differ in colour
+    # one colour per readable label: GA and PRISM differ; PRISM's settings share PRISM's colour while markers last
+    assert st[("ga", "a")][0] != st[("prism", "p0")][0]
+    assert len({tuple(st[("prism", f"p{i}")][0]) for i in range(12)}) == 1
+    abl = F._styles([("ga", "lr~1"), ("prism", PRISM_FULL), ("prism", PRISM_NOPROBE), ("prism", PRISM_NOSAM),
+                     ("prism", PRISM_NOGCD), ("npo", "lr~1"), ("sam_npo", "rho~0.01")])
+    assert len({tuple(c) for c, _ in abl.values()}) == 7                    # GA never shares an ablation's green
 
 
 def _log(path, rows):

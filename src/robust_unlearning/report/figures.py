@@ -111,13 +111,28 @@ _REFERENCE = {"base": ("black", "*"), "retrain": ("dimgrey", "D")}
 
 
 def _styles(configs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, str]]:
-    """(colour, marker) per configuration; no two share both, references fixed."""
-    out, i = {}, 0
+    """(colour, marker) per configuration: one colour per readable label (a method or an ablation; its settings,
+    e.g. an lr sweep, share it and differ in marker), no two configurations share both; references fixed."""
+    out: dict = {}
+    colour_of: dict[str, Any] = {}
+    used: set = set()
+    i = 0
     for c in configs:
         if c[0] in _REFERENCE:
             out[c] = _REFERENCE[c[0]]
             continue
-        out[c] = (_PALETTE[i % len(_PALETTE)], _MARKERS[i % len(_MARKERS)])
+        label = readable_label(*c)
+        if label not in colour_of:
+            colour_of[label] = _PALETTE[len(colour_of) % len(_PALETTE)]
+        colour, shift, tries = colour_of[label], 0, 0
+        while (tuple(colour), _MARKERS[i % len(_MARKERS)]) in used:
+            i, tries = i + 1, tries + 1
+            if tries >= len(_MARKERS):   # every marker taken in this colour: the next colour of the palette
+                shift, tries = shift + 1, 0
+                colour = _PALETTE[(_PALETTE.index(colour_of[label]) + shift) % len(_PALETTE)]
+        marker = _MARKERS[i % len(_MARKERS)]
+        used.add((tuple(colour), marker))
+        out[c] = (colour, marker)
         i += 1
     return out
 
@@ -416,11 +431,12 @@ def training_terms(logs: pd.DataFrame, out_dir: Path, styles=None) -> list[Path]
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    handles, labels = {}, {}
+    found = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
+            found.setdefault(lab, h)
+    order = [names[c] for c in configs if names[c] in found]            # table order, not panel order
+    fig.legend([found[lab] for lab in order], order, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
                frameon=False)
     fig.tight_layout()
     return _save(fig, out_dir, "training_terms")
