@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from robust_unlearning.attacks import jailbreak_templates as J
-from robust_unlearning.attacks.controls import control_table, find_control, never_beats_control, seed_summary
+from robust_unlearning.report.controls import control_table, find_control, never_beats_control, seed_summary
 from robust_unlearning.attacks.direction import diff_directions
 
 

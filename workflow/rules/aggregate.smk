@@ -19,6 +19,9 @@ rule aggregate:
             subcategory="Tidy metrics",
         ),
         summary=f"{B}/tables/summary.md",
+        # mean ± 95 % interval over seeds per cell, and paired method differences with a sign-flip test
+        intervals=f"{B}/tables/intervals.csv",
+        paired=f"{B}/tables/paired.csv",
         # the report's viewer shows HTML and images (Markdown and CSV only as downloads): every table is also
         # written as a self-contained HTML page, and those are what the report lists
         summary_html=report(

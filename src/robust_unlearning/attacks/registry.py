@@ -59,6 +59,9 @@ def get_attack(name: str) -> type:
     """The attack class for ``name``; an unknown name raises ``AttackConfigError`` naming ``attack``."""
     if name not in ATTACKS:
         load_builtin_attacks()
+    if name not in ATTACKS:   # a plugin attack (RU_PLUGINS / ru --plugin; docs/architecture.md, extending)
+        from ..plugins import load_plugins
+        load_plugins()
     try:
         return ATTACKS[name]
     except KeyError:

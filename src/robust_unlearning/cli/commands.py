@@ -141,6 +141,9 @@ def cmd_evaluate(args) -> int:
               "attack_params": args.attack_params, "metrics": {}, "n_items": {}, "judge": None, "status": status}
     items: list = []
     if status == "ok":
+        from ..judges.configured import build_judges
+
+        judges = build_judges(args.judges)   # before the model loads: a bad judges: section fails at once
         bench = Benchmark(args.data)
         device = str(pick_device(args.device))
         model, tok = _load(args.model_dir, dtype=args.evaluation.get("dtype", "float32"), device=device)
@@ -159,11 +162,10 @@ def cmd_evaluate(args) -> int:
             from ..attacks.registry import get_attack
 
             metrics, items = get_attack(args.attack).evaluate(model, tok, bench, Path(args.artefact_dir), eval_cfg,
-                                                              args.seed)
+                                                              args.seed, judge=judges)
         record["metrics"] = {k: float(v) for k, v in metrics.items() if v is not None}
         record["n_items"] = _count_items(items)
-        record["judge"] = {"asr": args.judges.get("asr", "answer_match"),
-                           "refusal": args.judges.get("refusal", "keyword_refusal")}
+        record["judge"] = judges.describe()
     record["provenance"] = provenance({"evaluation": args.evaluation, "attack_settings": args.attack_settings},
                                       args.seed, device=args.device)
     atomic_write_jsonl(out / "items.jsonl", items)
@@ -190,11 +192,13 @@ def _count_items(items: list) -> dict:
 def cmd_aggregate(args) -> int:
     from ..report.collect import collect_results
     from ..report.figures import write_figures
+    from ..report.paired import write_paired_tables
     from ..report.tables import write_tables
 
     df = collect_results(Path(args.bench_dir), args.benchmark_name, expected=args.expected)
     written = write_tables(df, Path(args.tables_dir), csv_path=args.csv, summary_path=args.summary)
     written += write_figures(df, Path(args.figures_dir), landscape_files=args.landscapes)
+    written += write_paired_tables(df, Path(args.csv).parent)   # intervals.csv, paired.csv (seeds ≥ 2)
     _log(f"aggregated {len(df)} rows; wrote {len(written)} tables/figures")
     return 0
 

@@ -58,6 +58,8 @@ def _float(value: Any) -> float:
 
 
 def _judge_name(judge: Any) -> str:
+    if isinstance(judge, Mapping) and isinstance(judge.get("asr"), Mapping):  # judges.configured describe()
+        judge = judge["asr"]
     if isinstance(judge, Mapping):
         name = judge.get("name") or judge.get("judge") or ""
         model = judge.get("model") or judge.get("model_id") or ""

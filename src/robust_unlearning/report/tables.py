@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from robust_unlearning.report.collect import write_csv
+from robust_unlearning.report.controls import never_beats_control
 from robust_unlearning.report.common import (
     COST_METRICS, DEFAULT_PARAMS, METRIC_LABELS, NA, NONE_ATTACK, PROMPT_ATTACKS, US_DEFINITION, US_METRICS,
     WHITEBOX_ATTACKS, add_config_columns, attack_key, config_order, fmt_mean_std, method_label, metrics_order,
@@ -394,6 +395,12 @@ def _summary_blocks(df: pd.DataFrame, benchmark: str | None = None) -> list:
                              ["Method", "Params", "Seeds"] + (["clean"] if has_clean else [])
                              + [setting_label(a, s) for a, s in cols], rows))
     out += _also_measured("under attack", [m for m in measured if m not in SUMMARY_ATTACK_METRICS])
+    flagged = never_beats_control(df)
+    if flagged:  # a broken attack must not read as a robust model (report/controls.py)
+        out += ["**Attacks that never beat their zero-strength control on any model or setting:** "
+                + ", ".join(f"`{a}`" for a in flagged) + ". Either the attack is broken or every model resists it "
+                "at this strength: its rows say nothing about robustness until it moves at least one model "
+                "(the base model included).", ""]
     bad = df[df["status"] != "ok"]
     if not bad.empty:
         out += ["## Not ok", ""]
