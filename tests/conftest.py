@@ -85,3 +85,25 @@ def reference_run(tmp_path_factory) -> Run:
     (top / "reference.err").write_text(res.stderr)
     done.write_text(json.dumps({"seconds": seconds, "netns": bool(prefix)}))
     return Run(workdir, res.stdout, res.stderr, seconds, net_log, bool(prefix))
+
+
+ALL_METHODS = Path(__file__).resolve().parent / "e2e" / "all_methods_config.yaml"
+
+
+@pytest.fixture(scope="session")
+def all_methods_run(reference_run, tmp_path_factory) -> Run:
+    """THE run of the second miniature config (tests/e2e/all_methods_config.yaml: every method once, PRISM with
+    its probe, every attack once, a few steps each), seeded with the reference run's data and models (its
+    `benchmark` and `model` sections are the miniature config's), so only the probe, unlearning, attack,
+    evaluation and aggregate jobs run. Shared by every test that needs it (tests/e2e/test_all_methods.py)."""
+    import relkit
+    import yaml
+
+    cfg = yaml.safe_load(ALL_METHODS.read_text())
+    wd = relkit.seed_workdir(reference_run.workdir, tmp_path_factory.mktemp("all_methods") / "wf", cfg)
+    t0 = time.monotonic()
+    res = relkit.run_snakemake(wd, timeout=3600)
+    seconds = time.monotonic() - t0
+    if res.returncode != 0:
+        pytest.fail("run of the all-methods miniature config failed:\n" + relkit.explain(res, wd))
+    return Run(wd, res.stdout, res.stderr, seconds, None, False)   # no network guard on this run
