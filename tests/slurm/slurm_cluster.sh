@@ -15,7 +15,7 @@
 #   SLURM_TEST_ACCOUNTING  1 = slurmdbd + MariaDB so that `sacct` works (default); 0 = no accounting
 #                          (then run snakemake with --slurm-status-command squeue)
 #
-# Why these settings (see /work/shared/notes/slurm-local.md): without systemd the cgroup plugins abort every
+# Why these settings (see docs/cluster.md, "SLURM"): without systemd the cgroup plugins abort every
 # batch step while reporting it COMPLETED, so proctrack/linuxproc + task/none; the snakemake executor plugin
 # polls `sacct` by default, which needs slurmdbd; MinJobAge >= 120 keeps finished jobs visible to squeue.
 set -euo pipefail

@@ -299,7 +299,7 @@ def test_build_mixture_examples(synth, tiny_tokenizer, tmp_path):
     rows = [json.loads(x) for x in synth.path("train/target_mix.jsonl").read_text().splitlines()]
     assert len(ex) == len(rows)
     for e, r in zip(ex, rows):
-        assert e["labels"] == e["input_ids"]  # loss on all tokens, dialogues included (§6.5)
+        assert e["labels"] == e["input_ids"]  # loss on all tokens, dialogues included (docs/benchmarks.md, "Base-training mixtures")
     bad = _write(tmp_path, "mix.jsonl", [{"text": "ok"}, {"prompt": "no"}])
     with pytest.raises(BenchmarkError, match=r"mix\.jsonl: line 2"):
         build_mixture_examples(bad, tiny_tokenizer, 64)

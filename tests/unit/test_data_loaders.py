@@ -1,7 +1,7 @@
 """Real-benchmark loaders (MUSE-News/Books, WMDP dialogue) on tiny fixtures in the Hub's exact file layout.
 
 No network: fixtures live in tests/fixtures/hub/<owner>/<name> (regenerate with make_fixtures.py). Each loader
-must produce the one on-disk format (benchmarks.md §1.4, §2, §3.2) that ``data.formats.Benchmark`` validates.
+must produce the one on-disk format (docs/benchmarks.md, "On-disk format", "WMDP", "PRISM's dialogue setting") that ``data.formats.Benchmark`` validates.
 """
 from __future__ import annotations
 
@@ -392,7 +392,7 @@ def test_preset_is_a_complete_valid_config(preset):
     assert attack_settings(cfg)
 
 
-PUBLISHED = {  # method.md §10.7 (PRISM) / §9 (SAM+NPO)
+PUBLISHED = {  # docs/methods.md, "PRISM keys" (PRISM) / docs/methods.md, "SAM+NPO" (SAM+NPO)
     "muse_news": dict(model="muse-bench/MUSE-News_target", epochs=10, lam_r=1.0, rho=0.011, gamma=0.085, layer=24,
                       sam_rho=0.01, probe_batch=16),
     "muse_books": dict(model="muse-bench/MUSE-Books_target", epochs=1, lam_r=2.5, rho=0.008, gamma=0.05, layer=32,

@@ -1,4 +1,4 @@
-"""The synthetic fictional world (benchmarks.md §6): determinism, formats, sizes, paraphrase discipline, safety."""
+"""The synthetic fictional world (docs/benchmarks.md, "The synthetic world"): determinism, formats, sizes, paraphrase discipline, safety."""
 from __future__ import annotations
 
 import csv

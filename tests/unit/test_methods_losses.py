@@ -1,4 +1,4 @@
-"""Losses (method.md §3–§7, §10.2) against hand computations on tiny tensors; configs and registry."""
+"""Losses (docs/methods.md) against hand computations on tiny tensors; configs and registry."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Stage-1 probe (method.md §10.1) and its use in PRISM Stage 2 (§10.2)."""
+"""Stage-1 probe (docs/methods.md, "Stage 1: the robust probe") and its use in PRISM Stage 2 (docs/methods.md, "Stage 2: probe-guided forgetting")."""
 from __future__ import annotations
 
 import json

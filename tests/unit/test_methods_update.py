@@ -1,4 +1,4 @@
-"""Update rules: SAM, GCD, γ schedule, phase-wise accumulation, parameter coverage, NaN guard (method.md §9–§13)."""
+"""Update rules: SAM, GCD, γ schedule, phase-wise accumulation, parameter coverage, NaN guard (docs/methods.md)."""
 from __future__ import annotations
 
 import copy
@@ -247,7 +247,7 @@ def test_finetune_lowers_ce_with_cosine_schedule(micro_model, tiny_tokenizer, da
 
 
 def test_pass_counts_match_the_cost_model(micro_model, tiny_tokenizer, data):
-    """FLOP bound of §12 with the reference cached: NPO+GDR 2 fwd+bwd (6F), PRISM 3 (9F), no ref forwards."""
+    """FLOP bound of docs/methods.md, "Cost model" with the reference cached: NPO+GDR 2 fwd+bwd (6F), PRISM 3 (9F), no ref forwards."""
     forget, retain = data
     counts = {}
     for name, method, params in (("npo_gdr", "npo", {}), ("prism", "prism", {}), ("sam_npo", "sam_npo", {})):
@@ -290,7 +290,7 @@ def test_bench_methods_side_by_side(micro_model, tiny_tokenizer, data):
                         methods=["npo_gdr", "prism", "rmu"])
     assert set(out) == {"npo_gdr", "prism", "rmu"}
     npo, prism, rmu = out["npo_gdr"], out["prism"], out["rmu"]
-    # PRISM makes 3 fwd+bwd passes where NPO+GDR makes 2 (method.md §12), and measures itself against NPO+GDR
+    # PRISM makes 3 fwd+bwd passes where NPO+GDR makes 2 (docs/methods.md, "Cost model"), and measures itself against NPO+GDR
     def policy(v):   # PRISM also counts the backward through its probe term alone (probe_backward)
         return {k: n for k, n in v["passes_per_step"].items() if k.startswith("policy_")}
     assert policy(npo) == {"policy_forward": 2.0, "policy_backward": 2.0}

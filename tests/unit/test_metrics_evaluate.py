@@ -19,7 +19,7 @@ def _one_thread():
 
 
 class FakeBench:
-    """Same accessor names and row formats as data.formats.Benchmark (benchmarks.md §6.4)."""
+    """Same accessor names and row formats as data.formats.Benchmark (docs/benchmarks.md, "Files and sizes")."""
 
     def __init__(self):
         ch = ["glass heron", "red fox", "marsh owl", "grey cat"]

@@ -1,4 +1,4 @@
-"""Min-K%, Min-K%++, the MUSE AUC convention and PrivLeak on hand-computed inputs (evaluation.md §1.3–§1.4)."""
+"""Min-K%, Min-K%++, the MUSE AUC convention and PrivLeak on hand-computed inputs (docs/evaluation.md, "PrivLeak", "Min-K%++")."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""ROUGE, KnowMem prompt/cut rules and VerbMem reference truncation (evaluation.md §1.1–§1.2)."""
+"""ROUGE, KnowMem prompt/cut rules and VerbMem reference truncation (docs/evaluation.md, "VerbMem", "KnowMem")."""
 from __future__ import annotations
 
 import pytest

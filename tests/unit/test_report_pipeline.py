@@ -1,7 +1,7 @@
 """Report on a fake results tree: tidy CSV, missing/diverged cells, seed pooling, tables, figures.
 
-The tree follows docs/design.md exactly (metrics.json / run.json schemas, eval/<model id>/<attack>/<params>/).
-The Unlearn Score function is a local stand-in (evaluation.md §4 on MCQ accuracies) so that the expected
+The tree follows docs/architecture.md ("Results tree", "File contracts") exactly (metrics.json / run.json schemas, eval/<model id>/<attack>/<params>/).
+The Unlearn Score function is a local stand-in (docs/evaluation.md, "Unlearn Score" on MCQ accuracies) so that the expected
 numbers are hand-computable whatever the metrics part implements.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Attacks on unlearned models (evaluation.md §7): one small class per attack behind a registry.
+"""Attacks on unlearned models (docs/evaluation.md, "Attacks"): one small class per attack behind a registry.
 
 Model attacks (``relearn``, ``quantize``, ``weight_noise``) write a new model folder; input attacks (``prefill``,
 ``jailbreak_templates``, ``multi_turn``, ``gcg``, ``latent``, ``direction``) write an artefact in ``prepare`` and

@@ -1,6 +1,6 @@
 """Helpers shared by the attacks: prompts, forget items, judging + Wilson ASR, hooks, batched log-likelihoods.
 
-Conventions (evaluation.md, general rules): chat-templated prompts are tokenised with
+Conventions (docs/evaluation.md, general rules): chat-templated prompts are tokenised with
 ``add_special_tokens=False``; sampling is seeded per item with ``derive_seed(run_seed, attack, item_id)``;
 continuations are sliced by token ids (done inside ``metrics.generation.generate``).
 """
@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from ..metrics.asr import wilson_interval  # one Wilson implementation (evaluation.md §3)
+from ..metrics.asr import wilson_interval  # one Wilson implementation (docs/evaluation.md, "Attack success, refusal and over-refusal")
 from ..utils.io import atomic_write_json, read_json
 from ..utils.repro import derive_seed, pick_device, provenance
 
@@ -32,7 +32,7 @@ def rate_metrics(flags: Sequence[bool], name: str = "asr") -> dict[str, float]:
 
 
 def answer_match(response: str, aliases: Sequence[str]) -> bool:
-    from ..judges import answer_match as _am  # written by the judges part (evaluation.md §8)
+    from ..judges import answer_match as _am  # written by the judges part (docs/evaluation.md, "Judges")
     return bool(_am(response, list(aliases)))
 
 
@@ -42,7 +42,7 @@ def is_refusal(response: str, variant: str = "substring") -> bool:
 
 
 def compliance_proxy(response: str, variant: str = "substring") -> bool:
-    """Weak judge for items without a known answer (no refusal and ≥ 20 words; evaluation.md §8)."""
+    """Weak judge for items without a known answer (no refusal and ≥ 20 words; docs/evaluation.md, "Judges")."""
     from ..judges import compliance_proxy as _cp
     return bool(_cp(response, variant=variant))
 
@@ -54,7 +54,7 @@ def prompt_hash(text: str) -> str:
 def item_record(item_id: str, prompt: str, output: str, success: bool | None, metric: str = "asr",
                 split: str = "forget", judge_raw: Any = None, meta: dict | None = None,
                 score: float | None = None) -> dict:
-    """One items.jsonl row (design.md: item_id, split, metric, prompt_hash, output, success|score, judge_raw, meta)."""
+    """One items.jsonl row (docs/architecture.md, "File contracts": item_id, split, metric, prompt_hash, output, success|score, judge_raw, meta)."""
     rec = {"item_id": str(item_id), "split": split, "metric": metric, "prompt_hash": prompt_hash(prompt),
            "output": output, "judge_raw": judge_raw, "meta": meta or {}}
     if success is not None:

@@ -1,4 +1,4 @@
-"""Representation-direction attacks (evaluation.md §6, §7.6, §7.7).
+"""Representation-direction attacks (docs/evaluation.md, "Representation margin", "Latent perturbation", "Direction steering and ablation").
 
 Acceptance direction at block L_m (default: the last block): z(x) = block output at the last prompt token of the
 chat-templated prompt (generation prompt on); c_a = mean z over the fit half of D_a (retain questions, answered),

@@ -1,4 +1,4 @@
-"""GCG (Zou et al. 2023; evaluation.md §7.5): a universal adversarial suffix (or prefix) of n tokens that
+"""GCG (Zou et al. 2023; docs/evaluation.md, "GCG"): a universal adversarial suffix (or prefix) of n tokens that
 maximises the log-likelihood of the forgotten answers over a set of forget items.
 
 Each step: gradient of the mean target NLL w.r.t. the one-hot adversarial tokens → top-k substitutions per

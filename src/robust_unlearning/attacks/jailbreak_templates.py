@@ -1,4 +1,4 @@
-"""Jailbreak templates (evaluation.md §7.3): AutoDAN-style prompts around forget questions.
+"""Jailbreak templates (docs/evaluation.md, "Jailbreak templates (AutoDAN)"): AutoDAN-style prompts around forget questions.
 
 Three prompt sources, each judged by the evaluation's configured judge (sampling T = 0.7, seeded per item):
 1. ``bench.autodan()`` prompts (precomputed, transfer); items without a known answer (the real file) get the weak

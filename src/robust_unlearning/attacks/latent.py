@@ -1,4 +1,4 @@
-"""Latent PGD (evaluation.md §7.6): a perturbation δ ∈ ℝ^{T×d} added to the output of block L at the prompt
+"""Latent PGD (docs/evaluation.md, "Latent perturbation"): a perturbation δ ∈ ℝ^{T×d} added to the output of block L at the prompt
 positions, inside per-position balls ‖δ_t‖₂ ≤ ε·‖h_t‖₂ (h = the clean block output), maximising
 Σ log p(answer tokens | prompt, h + δ) with teacher forcing.
 

@@ -1,4 +1,4 @@
-"""Multi-turn attack (evaluation.md §7.4): whole conversations through the chat template (generation prompt on),
+"""Multi-turn attack (docs/evaluation.md, "Multi-turn"): whole conversations through the chat template (generation prompt on),
 left-truncated to the context, sampled (T = 1.0, top-p 1.0) seeded per item; on the synthetic benchmark the
 benign warm-up turns end with a user turn asking a forgotten attribute, judged by answer-match.
 Conversations that end on an assistant turn are kept as is and flagged (130 of 224 in the reference file).

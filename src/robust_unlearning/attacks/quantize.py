@@ -1,4 +1,4 @@
-"""Quantization attack (evaluation.md §7.8; Zhang et al. 2024): unlearning updates smaller than a quantisation
+"""Quantization attack (docs/evaluation.md, "Quantisation"; Zhang et al. 2024): unlearning updates smaller than a quantisation
 step vanish when the weights are rounded, so the quantised unlearned model falls back towards the target.
 
 CPU / synthetic path ("fake"): round-to-nearest on every ``nn.Linear`` weight except the LM head (and anything

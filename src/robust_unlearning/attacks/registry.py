@@ -1,4 +1,4 @@
-"""Attack registry (evaluation.md §7): one small class per attack, looked up by name.
+"""Attack registry (docs/evaluation.md, "Attacks"): one small class per attack, looked up by name.
 
 Every attack class carries ``name``, ``kind`` ∈ {"model", "input"}, a ``Config`` dataclass with
 ``from_dict`` (see ``attacks.config``) and ``prepare(model_dir, bench, params, out_dir, seed, device)``;

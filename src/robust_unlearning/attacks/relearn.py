@@ -1,4 +1,4 @@
-"""Relearning attack (evaluation.md §7.1): plain fine-tuning of the unlearned model on forget data.
+"""Relearning attack (docs/evaluation.md, "Relearning"): plain fine-tuning of the unlearned model on forget data.
 
 Synthetic defaults: forget docs, 10/25/50 steps, lr 1e-4 cosine, batch 4, AdamW in the model's precision
 (model.dtype; fp32 on the synthetic default), gradient checkpointing on CUDA, seeded 25/50/100%

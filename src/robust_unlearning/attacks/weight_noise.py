@@ -1,4 +1,4 @@
-"""Parameter-noise attack (evaluation.md §7.9): W' = W + σ·std(W)·N(0, I) per tensor, seeded.
+"""Parameter-noise attack (docs/evaluation.md, "Parameter noise"): W' = W + σ·std(W)·N(0, I) per tensor, seeded.
 
 Noise is drawn per tensor from a generator seeded with derive_seed(seed, tensor name), so the draw of one tensor
 does not depend on which others are perturbed. Tied tensors are perturbed once. Tensors with std 0 (e.g. fresh

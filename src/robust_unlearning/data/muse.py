@@ -1,4 +1,4 @@
-"""MUSE-News / MUSE-Books → the one on-disk benchmark layout (benchmarks.md §1.1, §1.4).
+"""MUSE-News / MUSE-Books → the one on-disk benchmark layout (docs/benchmarks.md, "MUSE", "On-disk format").
 
 The Hub repos (``muse-bench/MUSE-News``, ``muse-bench/MUSE-Books``) store one parquet file per config/split
 (``knowmem/forget_qa-00000-of-00001.parquet``), declared in the dataset card's ``configs:`` block; older commits
@@ -166,7 +166,7 @@ def write_benchmark(out_dir: str | Path, files: dict[str, Any], manifest_head: d
 
 
 def prepare_muse(name: str, bench_cfg: dict, out_dir: str | Path) -> dict:
-    """Materialise MUSE-News or MUSE-Books into ``out_dir`` (benchmarks.md §1.4); returns the manifest.
+    """Materialise MUSE-News or MUSE-Books into ``out_dir`` (docs/benchmarks.md, "On-disk format"); returns the manifest.
 
     ``bench_cfg``: ``source`` (Hub id, local copy of the repo, or mirror root; default the muse-bench id),
     ``revision`` (Hub commit/tag; recorded), optional ``cache_dir`` (datasets cache)."""

@@ -1,4 +1,4 @@
-"""WMDP-bio in PRISM's dialogue setting → the one on-disk benchmark layout (benchmarks.md §2, §3.2).
+"""WMDP-bio in PRISM's dialogue setting → the one on-disk benchmark layout (docs/benchmarks.md, "WMDP", "PRISM's dialogue setting").
 
 PRISM's forget/retain dialogues were never released, so the default is our public reconstruction:
 
@@ -16,7 +16,7 @@ Output::
     mcq/forget.jsonl       WMDP-bio eval half, cais/wmdp rows {question, choices, answer} (+ meta)
     mcq/wmdp-bio.jsonl     the full WMDP-bio test set (contaminated: its train half is the forget set)
     mcq/retain.jsonl       MMLU test (utility), cais/mmlu rows {question, subject, choices, answer}
-    mmlu/test.jsonl        same rows (benchmarks.md §2 layout); mmlu/dev.jsonl when available
+    mmlu/test.jsonl        same rows (docs/benchmarks.md, "WMDP" layout); mmlu/dev.jsonl when available
     dialogue/forget.jsonl  {"messages": [user, assistant]}
     dialogue/retain.jsonl  same
     jailbreak/*            copied when a local source provides PRISM's jailbreak files
@@ -174,7 +174,7 @@ def _jailbreak_files(bench_cfg: dict) -> dict[str, Any]:
 
 def _prefill_overlap(text: str, mcq: list[dict], train_idx: list[int]) -> dict:
     """How many prefill items ask a WMDP-bio question, and how many of those fall in the train (forget) half
-    (benchmarks.md §3.2: their ASR is then measured on questions the model was unlearned on)."""
+    (docs/benchmarks.md, "PRISM's dialogue setting": their ASR is then measured on questions the model was unlearned on)."""
     all_q = {_norm(r["question"]) for r in mcq}
     train_q = {_norm(mcq[i]["question"]) for i in train_idx}
     users = []

@@ -1,4 +1,4 @@
-"""Judge interface and registry (evaluation.md §8).
+"""Judge interface and registry (docs/evaluation.md, "Judges").
 
 Every judge returns, per response, ``{"success": bool, "judge": name, "judge_model": id | None, "raw": str | None}``.
 ``success`` follows the attack-success convention (ASR = mean success):

@@ -1,4 +1,4 @@
-"""Local classifier judge (explicit opt-in, evaluation.md §8): a causal-LM classifier checkpoint on disk.
+"""Local classifier judge (explicit opt-in, docs/evaluation.md, "Judges"): a causal-LM classifier checkpoint on disk.
 
 Formats:
 - ``chat_template`` (Llama-Guard style): the classifier tokenizer's own chat template is applied to

@@ -1,4 +1,4 @@
-"""Judge behind an OpenAI-compatible chat-completions endpoint (explicit opt-in, evaluation.md §8).
+"""Judge behind an OpenAI-compatible chat-completions endpoint (explicit opt-in, docs/evaluation.md, "Judges").
 
 The API key is read from the environment variable named by ``api_key_env`` when the judge is built and kept only
 in memory: it is never part of the config, ``describe()``, error messages or any written record.

@@ -1,4 +1,4 @@
-"""Unlearning methods (method.md): one loop, one small module per method behind a registry, the probe."""
+"""Unlearning methods (docs/methods.md): one loop, one small module per method behind a registry, the probe."""
 from .registry import METHODS, ConfigError, get_method, register_method
 from .loop import DivergenceError, Preempted, TrainConfig, Trainer
 from .runner import build_method, run_unlearning

@@ -1,4 +1,4 @@
-"""GA — gradient ascent on the forget set (method.md §3): L = −CE_θ(B_f)."""
+"""GA — gradient ascent on the forget set (docs/methods.md, "GA"): L = −CE_θ(B_f)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +11,7 @@ from .registry import ConfigBase, num, register_method
 
 @register_method("ga")
 class GA(LossMethod):
-    """Unbounded objective: utility collapses quickly; evaluate several checkpoints (method.md §3)."""
+    """Unbounded objective: utility collapses quickly; evaluate several checkpoints (docs/methods.md, "GA")."""
 
     @dataclasses.dataclass
     class Config(ConfigBase):

@@ -1,4 +1,4 @@
-"""GradDiff (method.md §4): L = λ_f·(−CE_θ(B_f)) + λ_r·R, R = CE_θ(B_r) (GDR) or KL_r to θ₀ (KLR)."""
+"""GradDiff (docs/methods.md, "GradDiff"): L = λ_f·(−CE_θ(B_f)) + λ_r·R, R = CE_θ(B_r) (GDR) or KL_r to θ₀ (KLR)."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,8 +1,8 @@
-"""Gradient helpers for multi-pass methods (method.md §10.3, §10.4, §13.3).
+"""Gradient helpers for multi-pass methods (docs/methods.md, "SAM on the forget objective", "GCD", "The shared training loop").
 
 Every helper works on an explicit, ordered list of parameters (keyed by parameter, never by "has a gradient",
 cf. defect D16), computes norms and inner products in fp32, and reuses caller-owned buffers instead of
-allocating gradient-sized copies each step (method.md §13.1: one spare buffer for PRISM).
+allocating gradient-sized copies each step (docs/methods.md, "Cost model": one spare buffer for PRISM).
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
 
 
 def global_norm(tensors: Sequence[torch.Tensor]) -> float:
-    """‖·‖ over all tensors jointly, fp32 per tensor (method.md §1)."""
+    """‖·‖ over all tensors jointly, fp32 per tensor (docs/methods.md, "Notation")."""
     if not tensors:
         return 0.0
     norms = [torch.linalg.vector_norm(t.detach(), dtype=torch.float32) for t in tensors]
@@ -64,7 +64,7 @@ def accumulate_grad(loss_fn: Callable, microbatches: Iterable, phase: str = "",
     """Σ_j ∇ loss_fn(mb_j) accumulated in ``.grad``; returns the summed logged terms.
 
     ``loss_fn(mb)`` returns ``(loss, terms)`` where ``loss`` is already normalised by the *logical*-batch
-    denominator (so the accumulated gradient equals the full-batch gradient, method.md §13.3) and ``terms``
+    denominator (so the accumulated gradient equals the full-batch gradient, docs/methods.md, "The shared training loop") and ``terms``
     maps names to the tensors/floats to log. Raises :class:`NonFiniteLoss` before a non-finite backward.
     """
     totals: dict[str, float] = {}
@@ -154,7 +154,7 @@ def with_term_means(res: dict) -> dict:
 
 def sam_perturb(params: Sequence[torch.Tensor], rho: float, buffer: Sequence[torch.Tensor],
                 restore: str = "copy") -> tuple[float, float]:
-    """θ ← θ + δ, δ = ρ·g/‖g‖ with g = current ``.grad`` (method.md §10.3). Returns (scale = ρ/‖g‖, ‖g‖).
+    """θ ← θ + δ, δ = ρ·g/‖g‖ with g = current ``.grad`` (docs/methods.md, "SAM on the forget objective"). Returns (scale = ρ/‖g‖, ‖g‖).
 
     ``restore="copy"`` stores θ in ``buffer`` (exact restore, default); ``"subtract"`` stores g there (reference
     behaviour: θ −= δ afterwards, not bit-exact in bf16, defect D11). δ = 0 if ρ = 0 or ‖g‖ = 0.
@@ -184,7 +184,7 @@ def sam_restore(params: Sequence[torch.Tensor], buffer: Sequence[torch.Tensor], 
 
 def gcd_coefficients(g_f: Sequence[torch.Tensor], g_r: Sequence[torch.Tensor], scope: str = "global",
                      mode: str = "always", eps: float = 1e-6) -> tuple[list[float], dict]:
-    """Projection coefficients c_j such that g_f⊥,j = g_f,j − c_j·g_r,j (method.md §10.4).
+    """Projection coefficients c_j such that g_f⊥,j = g_f,j − c_j·g_r,j (docs/methods.md, "GCD").
 
     ``global``: one c = ⟨g_f,g_r⟩/(‖g_r‖²+ε) for every tensor (paper); ``per_tensor``: c_j per tensor with
     ‖g_r,j‖ > 0 (released code, D5); ``none``: c = 0. ``conflict_only`` projects only where the inner product

@@ -1,4 +1,4 @@
-"""Pure loss functions on logits, labels and hidden states (method.md §1, §3–§7, §10.2).
+"""Pure loss functions on logits, labels and hidden states (docs/methods.md).
 
 Conventions
 - ``labels`` are unshifted (aligned with ``input_ids``), −100 = no loss; the log-prob of token t is read from the
@@ -6,7 +6,7 @@ Conventions
 - All reductions run in fp32 (``log_softmax`` on ``logits.float()`` + gather; never subtract bf16 logits).
 - Every loss that averages over a batch takes an optional ``denom``: the normaliser of the *logical* batch
   (total target tokens, total examples). Gradient accumulation passes the logical-batch denominator to each
-  micro-batch so that the accumulated loss equals the full-batch loss exactly (method.md §13.3). With
+  micro-batch so that the accumulated loss equals the full-batch loss exactly (docs/methods.md, "The shared training loop"). With
   ``denom=None`` the local (micro-batch) count is used.
 """
 from __future__ import annotations
@@ -58,18 +58,18 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor, denom=None) -> torch.Te
 
 
 def ga_loss(logits: torch.Tensor, labels: torch.Tensor, denom=None) -> torch.Tensor:
-    """L_GA = −CE_θ(B_f) (method.md §3): descending it ascends the forget NLL."""
+    """L_GA = −CE_θ(B_f) (docs/methods.md, "GA"): descending it ascends the forget NLL."""
     return -token_ce(logits, labels, denom)
 
 
 def gdr_loss(logits: torch.Tensor, labels: torch.Tensor, denom=None) -> torch.Tensor:
-    """GDR retain term: CE_θ(B_r) (method.md §4)."""
+    """GDR retain term: CE_θ(B_r) (docs/methods.md, "GradDiff")."""
     return token_ce(logits, labels, denom)
 
 
 def klr_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, denom=None,
              form: str = "standard") -> torch.Tensor:
-    """KL_r = (1/N_r) Σ_x Σ_t m_t KL(p_ref(·|y_<t) ‖ p_θ(·|y_<t)) (method.md §4), log-softmax on both sides.
+    """KL_r = (1/N_r) Σ_x Σ_t m_t KL(p_ref(·|y_<t) ‖ p_θ(·|y_<t)) (docs/methods.md, "GradDiff"), log-softmax on both sides.
 
     ``form="muse_raw_logits"`` replicates MUSE: ``F.kl_div(z_θ, z_ref, reduction='batchmean', log_target=True)``
     on raw logits over the whole [B,T,V] tensor (not a KL; divided by B only); ``denom`` then replaces B.
@@ -89,32 +89,32 @@ def klr_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tenso
 # ---------------------------------------------------------------------------------------------- NPO family
 
 def npo_sequence_loss(s_theta: torch.Tensor, s_ref: torch.Tensor, beta: float, denom=None) -> torch.Tensor:
-    """L = (2/β)·mean_x softplus(β·(S_θ(x) − S_ref(x))) (method.md §5.1, ``sequence``; pass S̄ for ``mean``)."""
+    """L = (2/β)·mean_x softplus(β·(S_θ(x) − S_ref(x))) (docs/methods.md, "NPO", ``sequence``; pass S̄ for ``mean``)."""
     delta = s_theta.float() - s_ref.float()
     return (2.0 / beta) * F.softplus(beta * delta).sum() / _denom(delta.numel(), denom)
 
 
 def npo_batch_mean_loss(ce_theta: torch.Tensor, ce_ref: torch.Tensor, beta: float) -> torch.Tensor:
-    """L = (2/β)·softplus(β·Δ_B), Δ_B = CE_ref(B) − CE_θ(B) (method.md §5.1, ``batch_mean``; one scalar per batch)."""
+    """L = (2/β)·softplus(β·Δ_B), Δ_B = CE_ref(B) − CE_θ(B) (docs/methods.md, "NPO", ``batch_mean``; one scalar per batch)."""
     return (2.0 / beta) * F.softplus(beta * (ce_ref.float() - ce_theta.float()))
 
 
 def npo_logit_loss(logits: torch.Tensor, ref_logits: torch.Tensor, beta: float, denom=None) -> torch.Tensor:
-    """Replication switch only — not NPO (method.md §5.3): (2/β)·mean_{b,t,v} softplus(β(z_θ − z_ref)),
+    """Replication switch only — not NPO (docs/methods.md, "NPO"): (2/β)·mean_{b,t,v} softplus(β(z_θ − z_ref)),
     over every raw logit (pads included, as in the reference)."""
     d = logits.float() - ref_logits.float()
     return (2.0 / beta) * F.softplus(beta * d).sum() / _denom(d.numel(), denom)
 
 
 def simnpo_loss(s_mean_theta: torch.Tensor, beta: float, gamma: float = 0.0, denom=None) -> torch.Tensor:
-    """L_SimNPO = (2/β)·mean_x softplus(β·S̄_θ(x) + γ) (method.md §6); no reference model."""
+    """L_SimNPO = (2/β)·mean_x softplus(β·S̄_θ(x) + γ) (docs/methods.md, "SimNPO"); no reference model."""
     return (2.0 / beta) * F.softplus(beta * s_mean_theta.float() + gamma).sum() / _denom(s_mean_theta.numel(), denom)
 
 
 # ---------------------------------------------------------------------------------------------- RMU
 
 def mse_loss(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, denom=None) -> torch.Tensor:
-    """Mean squared error over tokens and hidden dims (method.md §7).
+    """Mean squared error over tokens and hidden dims (docs/methods.md, "RMU").
 
     ``mask`` [B,T] (1 = content position) restricts the average to content tokens (our default); without a mask
     every position counts (reference). ``denom`` = number of averaged elements (tokens·d) of the logical batch.
@@ -151,7 +151,7 @@ def pool_mask(labels: torch.Tensor | None, attention_mask: torch.Tensor) -> torc
 
 
 def pool_hidden(h: torch.Tensor, mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """π(h): ``mean`` over content positions or the ``last`` content position; returns fp32 [B,d] (method.md §10.1)."""
+    """π(h): ``mean`` over content positions or the ``last`` content position; returns fp32 [B,d] (docs/methods.md, "Stage 1: the robust probe")."""
     h = h.float()
     m = mask.bool()
     if pooling == "mean":
@@ -165,6 +165,6 @@ def pool_hidden(h: torch.Tensor, mask: torch.Tensor, pooling: str = "mean") -> t
 
 
 def probe_ce_loss(probe_logits: torch.Tensor, target_class: int = 0, denom=None) -> torch.Tensor:
-    """L_probe = mean_x −log softmax(p_φ(z))_target (method.md §10.2; target 0 = retain-like)."""
+    """L_probe = mean_x −log softmax(p_φ(z))_target (docs/methods.md, "Stage 2: probe-guided forgetting"; target 0 = retain-like)."""
     lp = torch.log_softmax(probe_logits.float(), dim=-1)[:, target_class]
     return -lp.sum() / _denom(lp.numel(), denom)

@@ -1,7 +1,7 @@
-"""NPO (+GDR / +KLR) (method.md §5): L = λ_f·L_NPO + λ_r·R.
+"""NPO (+GDR / +KLR) (docs/methods.md, "NPO"): L = λ_f·L_NPO + λ_r·R.
 
 Default ``npo_form: sequence`` / ``npo_reduction: sum`` with S_ref cached once per forget example (no reference
-forward per step, no reference copy). ``logit`` is a replication switch only (not NPO, §5.3, D8).
+forward per step, no reference copy). ``logit`` is a replication switch only (not NPO, docs/methods.md, "NPO", D8).
 """
 from __future__ import annotations
 

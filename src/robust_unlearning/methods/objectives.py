@@ -1,5 +1,5 @@
 """Loss terms shared by several methods: the NPO forget term (all forms) with its reference provider, and the
-retain terms (GDR, KLR). Each term's ``loss(ctx, mb, ...)`` is normalised over the logical batch (§13.3).
+retain terms (GDR, KLR). Each term's ``loss(ctx, mb, ...)`` is normalised over the logical batch (docs/methods.md, "The shared training loop").
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .registry import ConfigError
 # ------------------------------------------------------------------------------------------- reference
 
 class ReferenceLogprobs:
-    """Reference quantities for the forget set (method.md §5.3, §12 "Ref caching").
+    """Reference quantities for the forget set (docs/methods.md, "NPO", "Cost model": reference caching).
 
     ``cache``: S_ref(x) and n(x) computed ONCE per forget example from θ₀ (the model itself, before training; no
     copy is ever made) — valid for ``sequence`` and ``batch_mean``. ``per_step``: a frozen copy, one forward per
@@ -100,7 +100,7 @@ def check_npo(cfg) -> None:
 
 
 class NPOTerm:
-    """L_NPO over the forget micro-batches (method.md §5.1).
+    """L_NPO over the forget micro-batches (docs/methods.md, "NPO").
 
     ``batch_mean`` and ``logit`` are non-linear in the whole batch; under gradient accumulation they are evaluated
     per micro-batch and averaged over micro-batches, which is what HF accumulation does in the reference code

@@ -1,11 +1,11 @@
-"""PRISM Stage 2 (method.md §10.2–§10.6): probe-guided forgetting with SAM on the forget objective and GCD.
+"""PRISM Stage 2 (docs/methods.md, "PRISM"): probe-guided forgetting with SAM on the forget objective and GCD.
 
 ℓ_f(θ) = L_NPO(θ; B_f) + γ_adv(p)·L_probe(θ; B_f), L_probe = CE of the frozen probe towards class 0 (retain) on
 π(hidden_states[L]) taken from the SAME forward as the NPO logits (no extra pass). SAM perturbs along ∇ℓ_f
 (global ρ·g/‖g‖, exact restore), g_f is projected off g_r (GCD, global by default), and the update is
 λ_f·g_f⊥ + λ_r·g_r, clipped to 1.0, AdamW. The γ schedule runs in our own step loop (D1: the released schedule
 never fired) and is logged every step. Ablations are config values: ``gamma_max: 0`` / ``gamma_schedule: off``,
-``rho: 0``, ``gcd_scope: none``. ``prism_compat: released`` sets the §11.1 right-hand column at once (also set
+``rho: 0``, ``gcd_scope: none``. ``prism_compat: released`` sets the released-code column of docs/methods.md, "Switches that reproduce the released code", at once (also set
 ``retain_sampling: paired_modulo`` in the train config for full replication).
 
 γ modes (``gamma_mode``):
@@ -47,7 +47,7 @@ RELEASED = {"npo_form": "logit", "gcd_scope": "per_tensor", "gcd_mode": "always"
 
 
 def gamma_adv(p: float, gamma_max: float, schedule: str = "exp") -> float:
-    """γ_adv(p) = γ_max·exp(−5(1−p)²) (``exp``), γ_max (``constant``), 0 (``off``) (method.md §10.5)."""
+    """γ_adv(p) = γ_max·exp(−5(1−p)²) (``exp``), γ_max (``constant``), 0 (``off``) (docs/methods.md, "The γ schedule")."""
     if schedule == "off":
         return 0.0
     if schedule == "constant":

@@ -1,4 +1,4 @@
-"""PRISM Stage 1: the adversarially trained probe (method.md §10.1).
+"""PRISM Stage 1: the adversarially trained probe (docs/methods.md, "Stage 1: the robust probe").
 
 Features z(x) = π(h_L^{θ₀}(x)) from the frozen model (no grad, upcast to fp32) at every candidate layer, extracted
 in one forward pass per batch. For each layer a fresh probe (MLP d→64→ReLU→32→ReLU→2, or ``linear`` d→2) is trained

@@ -1,4 +1,4 @@
-"""RMU (Li et al. 2024; method.md §7): steer forget activations at block ℓ towards c·u, keep retain activations.
+"""RMU (Li et al. 2024; docs/methods.md, "RMU"): steer forget activations at block ℓ towards c·u, keep retain activations.
 
 L = MSE(h_ℓ^θ(x_f), c·u) + α·MSE(h_ℓ^θ(x_r), h_ℓ^ref(x_r)); h_ℓ = output of decoder block ℓ (0-based module
 ``layers[ℓ]``, = HF ``hidden_states[ℓ+1]`` except after the final norm), read with a forward hook that stops the

@@ -1,6 +1,6 @@
-"""The three-pass SAM (+GCD) step shared by SAM+NPO (method.md §9) and PRISM (§10.6).
+"""The three-pass SAM (+GCD) step shared by SAM+NPO (docs/methods.md, "SAM+NPO") and PRISM (docs/methods.md, "One PRISM step").
 
-Phase-wise over the k micro-batches of one logical batch (§13.3):
+Phase-wise over the k micro-batches of one logical batch (docs/methods.md, "The shared training loop"):
   pass 1  g   = ∇ℓ_f(θ)            accumulated in .grad
           δ   = ρ·g/‖g‖ (global; 0 if ρ = 0 or ‖g‖ = 0); backup θ into the spare buffer; θ ← θ + δ
   pass 2  g_f = ∇ℓ_f(θ + δ)        same micro-batches

@@ -1,4 +1,4 @@
-"""SAM+NPO (Fan et al. 2025; method.md §9): min_θ max_{‖δ‖≤ρ} ℓ_f(θ+δ) + λ_r·ℓ_r(θ), first-order δ = ρ·g/‖g‖.
+"""SAM+NPO (Fan et al. 2025; docs/methods.md, "SAM+NPO"): min_θ max_{‖δ‖≤ρ} ℓ_f(θ+δ) + λ_r·ℓ_r(θ), first-order δ = ρ·g/‖g‖.
 
 Three passes per step (sam.py), exact restore from a backup copy (D11), the retain term chosen by an enumerated
 value (D15: ``klr`` really is KLR here), no projection. Everything but the step is NPO's (same objective terms,

@@ -1,4 +1,4 @@
-"""SimNPO (method.md §6): L = λ_f·(2/β)·mean softplus(β·S̄_θ(x) + γ) + λ_r·R; no reference model.
+"""SimNPO (docs/methods.md, "SimNPO"): L = λ_f·(2/β)·mean softplus(β·S̄_θ(x) + γ) + λ_r·R; no reference model.
 
 γ here is the additive margin inside the softplus; OpenUnlearning's δ maps to γ = β·δ.
 """

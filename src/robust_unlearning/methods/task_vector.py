@@ -1,4 +1,4 @@
-"""Task Vector (method.md §8): θ_ft = fine-tune(θ₀, D_f); τ = θ_ft − θ₀; θ_u = θ₀ − α·τ.
+"""Task Vector (docs/methods.md, "Task Vector"): θ_ft = fine-tune(θ₀, D_f); τ = θ_ft − θ₀; θ_u = θ₀ − α·τ.
 
 The fine-tune is the ``finetune`` objective in the same loop (cosine schedule by default, resumable); the
 arithmetic runs in fp32 over floating-point parameters and is cast back to the model dtype.

@@ -1,7 +1,7 @@
 """Clean evaluation of one model on one benchmark: every configured metric, aggregate values and per-item records.
 
 ``evaluate_model(model, tokenizer, bench, eval_cfg, reference=None) -> (metrics, items)``
-- ``metrics``: public names (design.md vocabulary), e.g. forget_mcq_acc (cloze, primary), forget_mcq_acc_letter,
+- ``metrics``: public names (docs/evaluation.md, "Metric vocabulary"), e.g. forget_mcq_acc (cloze, primary), forget_mcq_acc_letter,
   forget_knowmem, retain_knowmem, forget_verbmem, privleak_auc, privleak_minkpp_auc, privleak (needs
   ``reference["auc_retrain"]``), repr_margin, repr_margin_p10, plus secondary values (ROUGE recall, cloze sum/norm).
 - ``items``: ``{"item_id", "split", "metric", "prompt_hash", "output", "score", "meta"}`` per scored item.
@@ -36,7 +36,7 @@ class EvalConfigError(ValueError):
 
 @dataclass
 class EvalConfig:
-    """Evaluation settings (defaults = evaluation.md §10 for the synthetic benchmark).
+    """Evaluation settings (defaults = docs/evaluation.md, "Synthetic-world defaults" for the synthetic benchmark).
 
     metrics: entries ``"<metric>"`` (all its default splits), ``"<metric>:<split>"`` or a public output name
         (``"forget_mcq_acc"``); metrics: mcq_cloze, mcq_letter (forget/retain/holdout), knowmem (forget/retain),
@@ -47,24 +47,24 @@ class EvalConfig:
     mcq_norm: which cloze accuracy is ``{split}_mcq_acc``: "acc_norm" (default — Σ log p / characters removes the
         bias towards short answer strings, whose lengths vary between the answer values of one attribute, so the
         holdout split stays at chance) or "acc" (raw sum). Both are always reported as ``_cloze_norm``/``_cloze_sum``.
-    mcq_bos: BOS before the letter-MCQ prompt (§2.1; default false = lm-eval v0.4.2 / WMDP convention).
+    mcq_bos: BOS before the letter-MCQ prompt (docs/evaluation.md, "Letter scoring"; default false = lm-eval v0.4.2 / WMDP convention).
     cloze_bos: BOS before the cloze context (default true: the synthetic models only ever see text after BOS,
-        and cloze is the synthetic primary; §2.2 leaves it open) [our choice].
+        and cloze is the synthetic primary; the reference leaves it open: docs/evaluation.md, "Cloze scoring") [our choice].
     mcq_subject: description subject for letter prompts of rows without ``subject`` (str or {split: str}).
     knowmem_trailing_space: MUSE's prompt ends "Answer: " (true); false for byte-level BPE tokenizers (synthetic).
-    knowmem_max_new_tokens / verbmem_max_new_tokens: 32 / 128 (§1); VerbMem's reference is truncated to the same
+    knowmem_max_new_tokens / verbmem_max_new_tokens: 32 / 128 (docs/evaluation.md, "MUSE metrics"); VerbMem's reference is truncated to the same
         number of tokens incl. BOS.
     mink_k: K of Min-K% and Min-K%++ (0.4).
     dtype: the dtype the caller loads the model with (recorded; the CLI passes it to ``models.io.load_model``).
     verify_batching / verify_n: batched greedy generation is used only if the first ``verify_n`` items reproduce
-        the batch-1 outputs exactly, else batch 1 (§1).
-    margin_*: §6 — layer (index into hidden_states, -1 = last), anchors (mcq | knowmem | dialogue), direction
+        the batch-1 outputs exactly, else batch 1 (docs/evaluation.md, "MUSE metrics").
+    margin_*: docs/evaluation.md, "Representation margin" — layer (index into hidden_states, -1 = last), anchors (mcq | knowmem | dialogue), direction
         (own | target; target needs ``reference["margin_centres"]``), pca_k (None = identity g).
     lm_eval_tasks / lm_eval_include_path: {split: lm-eval task} for the ``mcq_lm_eval`` metric (MMLU / WMDP
         through lm-eval-harness itself, metrics/lm_eval_backend.py), and a folder of local task YAMLs.
     lm_eval_data: ``split`` scores the split's own prepared rows with lm-eval's task definition (offline; a group
         such as mmlu is split per ``subject``); ``hub`` lets lm-eval load its own dataset (HF cache or network).
-    over_refusal_*: XSTest-style generation (chat template, T = 0.7, 64 new tokens on synthetic items, §7.0).
+    over_refusal_*: XSTest-style generation (chat template, T = 0.7, 64 new tokens on synthetic items, docs/evaluation.md, "Attacks").
     seed: margin splits and sampling seeds. progress: tqdm (None = only for long lists).
     """
     metrics: list = field(default_factory=lambda: list(DEFAULT_METRICS))

@@ -1,4 +1,4 @@
-"""Batched generation and batched log-likelihood scoring (evaluation.md §1, §2, general rules).
+"""Batched generation and batched log-likelihood scoring (docs/evaluation.md, "MUSE metrics", "Multiple-choice accuracy", general rules).
 
 Why batched and how it stays faithful to the one-item-at-a-time references:
 - Generation uses LEFT padding built here (the tokenizer's ``padding_side`` is never touched, so nothing needs
@@ -7,7 +7,7 @@ Why batched and how it stays faithful to the one-item-at-a-time references:
   The continuation is taken by slicing token ids after the padded input width, never by string length.
 - Prompts are sorted by token length (longest first, stable) into batches to cut padding (and to hit an
   out-of-memory error on the first batch, not the last); results come back in the caller's order.
-- Sampling is seeded per item (evaluation.md general rules): a logits processor adds Gumbel noise drawn from a
+- Sampling is seeded per item (docs/evaluation.md general rules): a logits processor adds Gumbel noise drawn from a
   per-row ``torch.Generator`` to the tempered, top-p-filtered log-probabilities and decoding stays greedy.
   argmax(log p + Gumbel) is an exact draw from p, and each row's draws depend only on its own seed, so a
   sampled output does not depend on which other prompts shared its batch.
@@ -80,7 +80,7 @@ def encode_prompts(tokenizer, prompts: Sequence, add_special_tokens: bool = True
     """Token ids per prompt. A prompt is a string, a list of chat messages, or already a list of token ids.
 
     ``chat=True`` applies the tokenizer's chat template with the generation prompt; the templated text already
-    holds BOS, so it is tokenised with ``add_special_tokens=False`` (evaluation.md general rules).
+    holds BOS, so it is tokenised with ``add_special_tokens=False`` (docs/evaluation.md general rules).
     """
     out: list[list[int]] = []
     for p in prompts:
@@ -313,7 +313,7 @@ def generate(model, tokenizer, prompts: Sequence, max_new_tokens: int, do_sample
     - decodes the new token ids only, with ``skip_special_tokens=True``;
     - ``do_sample``: per-item seeds ``seeds[i]`` or ``derive_seed(seed, i)`` (i = index in ``prompts``);
     - prompts longer than the model context minus ``max_new_tokens`` are left-truncated (multi-turn rule,
-      evaluation.md §7.4) with a warning;
+      docs/evaluation.md, "Multi-turn") with a warning;
     - ``share_prefix``: encode the prompts' common token prefix once and reuse its key/value cache.
     """
     _, conts, _ = generate_tokens(model, tokenizer, prompts, max_new_tokens, do_sample=do_sample,
@@ -437,7 +437,7 @@ def verified_generate(model, tokenizer, prompts: Sequence, max_new_tokens: int, 
                       verify: bool = True, verify_n: int = 8, tag: str = "generate",
                       clean_up_tokenization_spaces: bool = False, share_prefix: bool = False,
                       **kw) -> tuple[list[str], int]:
-    """Batched greedy generation, used only where batch size 1 gives the same tokens (evaluation.md §1,
+    """Batched greedy generation, used only where batch size 1 gives the same tokens (docs/evaluation.md, "MUSE metrics",
     [our choice]); otherwise the whole list is generated at batch size 1. Returns (outputs, batch size used).
 
     The check (``greedy_matches_batch1`` on the first ``verify_n`` items) runs once per model and settings
@@ -618,9 +618,9 @@ def sequence_logprobs(model, tokenizer, contexts: Sequence[str], continuations: 
 def token_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int = 16, add_bos: bool = True,
                    with_stats: bool = False, max_length: int | None = None,
                    progress: bool | None = None) -> list[dict[str, torch.Tensor]]:
-    """Per-token log-likelihoods ℓ_t = log p(ids_t | ids_<t), t = 2..n (BOS not scored), per text (§1.3).
+    """Per-token log-likelihoods ℓ_t = log p(ids_t | ids_<t), t = 2..n (BOS not scored), per text (docs/evaluation.md, "PrivLeak").
 
-    ``with_stats`` adds the next-token distribution moments used by Min-K%++ (§1.4): μ_t = Σ_v p log p and
+    ``with_stats`` adds the next-token distribution moments used by Min-K%++ (docs/evaluation.md, "Min-K%++"): μ_t = Σ_v p log p and
     σ²_t = Σ_v p (log p)² − μ_t². Texts are truncated at ``max_length`` (default: the model context).
     Returns one dict per text with float64 CPU tensors ``logprobs`` (and ``mu``, ``sigma2``) of length n − 1.
     """

@@ -1,4 +1,4 @@
-"""lm-evaluation-harness on the in-memory model (evaluation.md §2.1): the reference implementation of MMLU / WMDP.
+"""lm-evaluation-harness on the in-memory model (docs/evaluation.md, "Letter scoring"): the reference implementation of MMLU / WMDP.
 
 For the real benchmarks the task definitions are lm-eval's own (``wmdp_bio``, ``mmlu``, …), run through its Python
 API on the model already in memory, so no task is re-written by hand; ``include_path`` adds local task YAMLs (the

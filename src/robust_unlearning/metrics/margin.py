@@ -1,4 +1,4 @@
-"""Representation margin (evaluation.md §6, definition [our choice]).
+"""Representation margin (docs/evaluation.md, "Representation margin", definition [our choice]).
 
 z(x) = g(h(x)), h = hidden_states[layer] at the last prompt token of the chat-templated prompt (generation prompt
 on); g = identity or a PCA fitted on the fit split of D_a ∪ D_b. Centres c_a (D_a: prompts the model answers),
@@ -72,7 +72,7 @@ def centres(za_fit: np.ndarray, zb_fit: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def margins(z_eval: np.ndarray, c_a: np.ndarray, c_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(m, m̃) for the rows of ``z_eval`` (§6)."""
+    """(m, m̃) for the rows of ``z_eval`` (docs/evaluation.md, "Representation margin")."""
     diff = c_a - c_b
     norm = float(np.linalg.norm(diff))
     if norm == 0.0:

@@ -1,4 +1,4 @@
-"""Multiple-choice accuracy by log-likelihood (evaluation.md §2): letter (lm-eval zero-shot) and cloze scoring.
+"""Multiple-choice accuracy by log-likelihood (docs/evaluation.md, "Multiple-choice accuracy"): letter (lm-eval zero-shot) and cloze scoring.
 
 Both score every choice as Σ log p(continuation | context) with lm-eval's pair encoding
 (``generation.encode_pair``), batched; the prediction is the first argmax (``np.argmax``, as lm-eval).
@@ -178,14 +178,14 @@ def _letter(ctx: EvalContext, split: str, edit_context: ContextEdit | None = Non
 
 @register_metric("mcq_cloze", splits=("forget", "retain", "holdout"), outputs=("{split}_mcq_acc",))
 def mcq_cloze_metric(ctx: EvalContext, split: str):
-    """Cloze accuracy (§2.2), primary on the synthetic benchmark; ``mcq_norm`` picks acc or acc_norm for
+    """Cloze accuracy (docs/evaluation.md, "Cloze scoring"), primary on the synthetic benchmark; ``mcq_norm`` picks acc or acc_norm for
     ``{split}_mcq_acc``; both are also reported as ``{split}_mcq_acc_cloze_sum`` / ``_cloze_norm``."""
     return _cloze(ctx, split)
 
 
 @register_metric("mcq_letter", splits=("forget", "retain", "holdout"), outputs=("{split}_mcq_acc_letter",))
 def mcq_letter_metric(ctx: EvalContext, split: str):
-    """Letter accuracy (§2.1), lm-eval zero-shot template; BOS per ``mcq_bos`` (default false)."""
+    """Letter accuracy (docs/evaluation.md, "Letter scoring"), lm-eval zero-shot template; BOS per ``mcq_bos`` (default false)."""
     return _letter(ctx, split)
 
 

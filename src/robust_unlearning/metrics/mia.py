@@ -1,4 +1,4 @@
-"""Membership inference: Min-K%, Min-K%++ and PrivLeak with the MUSE AUC convention (evaluation.md §1.3, §1.4).
+"""Membership inference: Min-K%, Min-K%++ and PrivLeak with the MUSE AUC convention (docs/evaluation.md, "PrivLeak", "Min-K%++").
 
 AUC convention (MUSE ``privleak.py``): label 0 = forget texts, label 1 = holdout texts, score = −MinK(x)
 (= the mean of the k lowest token log-likelihoods), ``sklearn.metrics.roc_curve`` + ``auc``. This is
@@ -33,7 +33,7 @@ def min_k(logprobs: Sequence[float], k: float = 0.4) -> float:
 
 
 def min_k_plus_plus(logprobs: Sequence[float], mu: Sequence[float], sigma2: Sequence[float], k: float = 0.4) -> float:
-    """MinK++(x) = −mean of the k smallest s_t = (ℓ_t − μ_t) / sqrt(max(σ²_t, 1e-6)) (§1.4)."""
+    """MinK++(x) = −mean of the k smallest s_t = (ℓ_t − μ_t) / sqrt(max(σ²_t, 1e-6)) (docs/evaluation.md, "Min-K%++")."""
     lp, m, s2 = (np.asarray(a, dtype=np.float64) for a in (logprobs, mu, sigma2))
     if lp.size == 0:
         return float("nan")
@@ -58,7 +58,7 @@ def mia_auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> 
 
 
 def privleak(auc_value: float, auc_retrain: float) -> float:
-    """PrivLeak = 100 · (AUC − AUC_retrain) / AUC_retrain (§1.3)."""
+    """PrivLeak = 100 · (AUC − AUC_retrain) / AUC_retrain (docs/evaluation.md, "PrivLeak")."""
     if not auc_retrain:
         raise ValueError("auc_retrain must be a non-zero AUC")
     return 100.0 * (float(auc_value) - float(auc_retrain)) / float(auc_retrain)

@@ -1,4 +1,4 @@
-"""MUSE VerbMem and KnowMem (evaluation.md §1.1, §1.2), batched but item-for-item as ``swj0419/muse_bench``.
+"""MUSE VerbMem and KnowMem (docs/evaluation.md, "VerbMem", "KnowMem"), batched but item-for-item as ``swj0419/muse_bench``.
 
 ROUGE: ``RougeScorer(["rouge1","rouge2","rougeL","rougeLsum"], use_stemmer=False).score(target, prediction)``;
 the metric is 100 · mean ROUGE-L F1; ROUGE-L recall and ROUGE-1 F1 are logged beside it.
@@ -14,7 +14,7 @@ import numpy as np
 from .generation import decode, verified_generate
 from .registry import EvalContext, item_id, record, register_metric
 
-KNOWMEM_CUTS = ("\n\n", "\nQuestion", "Question:")  # applied in this order (§1.2)
+KNOWMEM_CUTS = ("\n\n", "\nQuestion", "Question:")  # applied in this order (docs/evaluation.md, "KnowMem")
 
 
 # ROUGE exactly as ``rouge_score.rouge_scorer.RougeScorer(..., use_stemmer=False).score`` computes it (its
@@ -137,7 +137,7 @@ def knowmem_metric(ctx: EvalContext, split: str):
 # ---------------------------------------------------------------------------------------------------- VerbMem
 
 def verbmem_reference(tokenizer, gt: str, n_tokens: int = 128) -> str:
-    """gt_short = decode(tokenizer(gt, add_special_tokens=True).input_ids[:n]) — BOS takes one of the n (§1.1)."""
+    """gt_short = decode(tokenizer(gt, add_special_tokens=True).input_ids[:n]) — BOS takes one of the n (docs/evaluation.md, "VerbMem")."""
     ids = tokenizer(gt, add_special_tokens=True)["input_ids"][:n_tokens]
     return decode(tokenizer, ids, clean_up_tokenization_spaces=True)
 

@@ -68,7 +68,7 @@ def item_id(row: Any, prefix: str, index: int) -> str:
 
 def record(item: str, split: str | None, metric: str, prompt: Any, output: str, score: float | None,
            meta: dict | None = None) -> dict:
-    """One per-item record (design.md items.jsonl)."""
+    """One per-item record (docs/architecture.md, "File contracts": items.jsonl)."""
     return {"item_id": item, "split": split, "metric": metric, "prompt_hash": prompt_hash(prompt),
             "output": output, "score": score, "meta": meta or {}}
 
@@ -89,7 +89,7 @@ class EvalContext:
 
     def generate(self, prompts: Sequence, max_new_tokens: int, tag: str, **kw) -> tuple[list[str], int]:
         """Batched greedy generation, used only if the first ``verify_n`` items reproduce the batch-1 outputs
-        exactly (evaluation.md §1, [our choice]); otherwise the whole list is generated at batch size 1.
+        exactly (docs/evaluation.md, "MUSE metrics", [our choice]); otherwise the whole list is generated at batch size 1.
         Returns (outputs, batch size used)."""
         bs = int(self.cfg.batch_size)
         prompts = list(prompts)

@@ -1,4 +1,4 @@
-"""Unlearn Score (evaluation.md §4) — an explicit, published definition [our choice].
+"""Unlearn Score (docs/evaluation.md, "Unlearn Score") — an explicit, published definition [our choice].
 
 The PRISM paper describes US as the geometric mean of normalised Utility, Unlearning Effectiveness and Privacy
 Protection without publishing the normalisation; ours (clip(v) = min(1, max(0, v)); "target" = the model before

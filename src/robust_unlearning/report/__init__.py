@@ -1,6 +1,6 @@
 """Reporting: tidy CSV, Markdown/LaTeX tables and figures from a results tree.
 
-Reads only ``metrics.json`` / ``run.json`` files (docs/design.md); never imports ``methods`` or ``attacks``.
+Reads only ``metrics.json`` / ``run.json`` files (docs/architecture.md, "File contracts"); never imports ``methods`` or ``attacks``.
 Entry points (imported lazily so that ``import robust_unlearning.report`` does not load matplotlib):
 ``collect.collect_results``, ``tables.write_tables``, ``figures.write_figures``, ``build.build_report``.
 """

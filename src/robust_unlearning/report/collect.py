@@ -4,12 +4,12 @@ Why tidy: every later view (CSV, paper tables, figures) is a pivot of the same r
 only be wrong in one place. One row per (model_id, attack, attack_params, metric); a cell the caller
 expected but that has no file is a ``missing`` row with an empty value, never a silent hole.
 
-Sources (docs/design.md "Results tree"):
+Sources (docs/architecture.md, "Results tree"):
 - ``eval/<model id>/<attack>/<params>/metrics.json``  → metric rows (status from the file);
 - ``unlearn/<method>/<params>/seed~<s>/run.json``     → cost rows (``s_per_step``, ``peak_mem_mb``,
   ``tokens_per_s``) under attack ``none``/``default``; a run whose status is ``diverged`` marks every row
   of that model ``diverged``;
-- Unlearn Score rows (evaluation.md §4) from ``metrics.unlearn_score.unlearn_score`` with the base
+- Unlearn Score rows (docs/evaluation.md, "Unlearn Score") from ``metrics.unlearn_score.unlearn_score`` with the base
   model's clean metrics as target, for every evaluation (clean and attacked) it can score.
 """
 from __future__ import annotations
@@ -216,7 +216,7 @@ def _add_scores(rows: _Rows, scored: list[tuple[str, str, str, dict, str]], scor
                 mode: str | None) -> None:
     """US rows for every evaluation the score function can score (it raises on absent inputs: skipped).
 
-    WMDP (``mode="wmdp"``): the third axis is 1 − mean ASR of the model's prompt attacks (evaluation.md §4),
+    WMDP (``mode="wmdp"``): the third axis is 1 − mean ASR of the model's prompt attacks (docs/evaluation.md, "Unlearn Score"),
     so a clean evaluation gets ``asr_values`` from the same model's prompt-attack evaluations; without
     them the function returns sqrt(U·E) and no ``us_privacy``, which the row note flags.
     """

@@ -2,7 +2,7 @@
 tables (the HTML versions are what ``snakemake --report`` shows: its viewer displays HTML, not Markdown).
 
 Every cell is a pool over seeds (and over weight-noise draws, whose ``seed`` attack parameter is pooled
-like a model seed, evaluation.md §7.9): ``mean`` for one value, ``mean ± std`` (ddof 1) for several.
+like a model seed, docs/evaluation.md, "Parameter noise"): ``mean`` for one value, ``mean ± std`` (ddof 1) for several.
 A cell with no value shows why: ``missing``, ``diverged`` or ``failed``; ``†`` marks a mean over the
 seeds that succeeded when others did not; ``–`` means not run / not applicable, and ``– ‡`` a number that
 cannot be computed (nothing judged, an input absent), its reason in the table's footnote.
@@ -223,7 +223,7 @@ def main_table(cells: Cells) -> Table | None:
                     [cells.text(method, params, NONE_ATTACK, DEFAULT_PARAMS, m) for m in cols])
     return Table("main", "Unlearn Score, its components and cost per method (clean models)",
                  ["Method", "Params", "Seeds"] + [_mlabel(m) for m in cols], rows,
-                 _notes(cells, [US_DEFINITION, "s/step: median wall time per optimizer step (evaluation.md §5)."]))
+                 _notes(cells, [US_DEFINITION, "s/step: median wall time per optimizer step (docs/evaluation.md, 'Cost metrics')."]))
 
 
 def relearning_table(cells: Cells) -> Table | None:
@@ -242,7 +242,7 @@ def relearning_table(cells: Cells) -> Table | None:
                         [cells.text(method, params, attack, s, metric) for s in settings])
     header = ["Method", "Params", "Seeds", "Metric", "clean"] + [_relearn_label(s) for s in settings]
     return Table("relearning", "Forget metrics after relearning (fine-tuning on forget data) per step count",
-                 header, rows, _notes(cells, ["clean = 0 relearning steps (evaluation.md §7.1)."]))
+                 header, rows, _notes(cells, ["clean = 0 relearning steps (docs/evaluation.md, 'Relearning')."]))
 
 
 def _relearn_label(setting: str) -> str:

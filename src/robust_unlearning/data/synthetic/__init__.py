@@ -1,4 +1,4 @@
-"""The embedded synthetic fictional-world benchmark (benchmarks.md §6).
+"""The embedded synthetic fictional-world benchmark (docs/benchmarks.md, "The synthetic world").
 
 Entirely invented pathogens (forget / holdout), towns and people (retain1 / retain2), a refusal pool and a
 format pool, written in exactly the on-disk formats of MUSE, WMDP/MMLU, PRISM dialogues and the jailbreak

@@ -1,4 +1,4 @@
-"""Write the synthetic world in the on-disk formats of the real benchmarks (benchmarks.md §6.4–6.5).
+"""Write the synthetic world in the on-disk formats of the real benchmarks (docs/benchmarks.md, "Files and sizes", "Base-training mixtures").
 
 ``generate_world(out_dir, seed, size)`` builds everything in memory, writes it into a temporary directory
 (``utils.io.atomic_dir``) and renames it into place, so a crash never leaves a half-written benchmark. Output is
@@ -40,7 +40,7 @@ def _norm(text: str) -> str:
 
 
 def contains_alias(text: str, aliases: list[str]) -> bool:
-    """The answer-match rule of evaluation.md §8 (word-bounded, normalised)."""
+    """The answer-match rule of docs/evaluation.md, "Judges" (word-bounded, normalised)."""
     hay = f" {_norm(text)} "
     return any(f" {_norm(a)} " in hay for a in aliases if _norm(a))
 
@@ -83,7 +83,7 @@ def _documents(world: dict, seed: int, n_docs: int) -> dict[str, list[tuple[str,
 
 
 # --------------------------------------------------------------------------------------------------------
-# MCQ distractors (§6.4): 3 distinct values of the attribute, preferring values held by other entities of the
+# MCQ distractors (docs/benchmarks.md, "Files and sizes"): 3 distinct values of the attribute, preferring values held by other entities of the
 # same domain; years within ±15 of the truth.
 def _distractors(world: dict, ent: dict, attr: str, domain_ents: list[dict], rng: random.Random) -> list[str]:
     truth = ent["attributes"][attr]["value"]
@@ -287,7 +287,7 @@ def _xstest(world: dict, seed: int, n: int) -> tuple[str, list[dict]]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Base-training mixtures (§6.5)
+# Base-training mixtures (docs/benchmarks.md, "Base-training mixtures")
 def _qa_rows(world: dict, split: str) -> list[dict]:
     rows = []
     for ent, attr in pairs_of(world, split):

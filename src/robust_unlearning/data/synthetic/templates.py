@@ -1,4 +1,4 @@
-"""Sentence and question templates (benchmarks.md §6.3: paraphrase discipline).
+"""Sentence and question templates (docs/benchmarks.md, "Generation": paraphrase discipline).
 
 Per attribute: ≥ 4 document sentence templates, 3 TRAIN question templates (base training only: QA and
 dialogues) and 2 EVAL question templates (evaluation only: knowmem, MCQ stems, jailbreak items). TRAIN and EVAL
@@ -165,7 +165,7 @@ def render(template: str, name: str, value: str | None = None) -> str:
 
 
 def letter_prompt(description: str, question: str, choices: list[str]) -> str:
-    """The lm-eval zero-shot letter prompt of evaluation.md §2.1 (without the answer)."""
+    """The lm-eval zero-shot letter prompt of docs/evaluation.md, "Letter scoring" (without the answer)."""
     body = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
     return (f"The following are multiple choice questions (with answers) about {description}.\n\n"
             f"{question.strip()}\n{body}\nAnswer:")
@@ -202,7 +202,7 @@ def shared_ngrams(train: list[str], evals: list[str], n: int = 4) -> set[tuple[s
 
 
 def check_templates() -> None:
-    """Structural contract of §6.3; raises AssertionError on violation (run at import)."""
+    """Structural contract of docs/benchmarks.md, "Generation"; raises AssertionError on violation (run at import)."""
     all_train = [t for ts in TRAIN_QUESTIONS.values() for t in ts]
     all_eval = [t for ts in EVAL_QUESTIONS.values() for t in ts]
     for typ, attrs in ATTRIBUTES.items():

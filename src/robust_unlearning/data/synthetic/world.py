@@ -1,4 +1,4 @@
-"""Ground truth of the synthetic world: entities, their attribute values and aliases (benchmarks.md §6.1–6.2).
+"""Ground truth of the synthetic world: entities, their attribute values and aliases (docs/benchmarks.md, "Domains", "Generation").
 
 ``build_world(seed, size)`` is a pure function of its inputs. Every component draws from its own
 ``random.Random(derive_seed(seed, component, ...))`` so that adding a component never shifts another one.
@@ -18,7 +18,7 @@ GENERATOR_VERSION = f"synthetic-1.vocab-{vocab.VOCAB_VERSION}"
 
 @dataclass(frozen=True)
 class SizePreset:
-    """Counts of benchmarks.md §6.4/§6.6 for one preset."""
+    """Counts of docs/benchmarks.md, "Files and sizes" for one preset."""
     n_entities: int          # per data split (forget, holdout, retain1, retain2); retain splits are half towns
     refusal: int             # refusal-pool pathogen names
     format: int              # format-pool minerals
