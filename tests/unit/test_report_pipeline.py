@@ -51,7 +51,7 @@ def _run_json(bench: Path, model_id: str, status: str = "ok", s_per_step: float 
     d = bench / model_id
     d.mkdir(parents=True, exist_ok=True)
     cost = {"s_per_step": s_per_step, "tokens_per_s": 1000.0, "peak_mem_mb": 512.0, "steps": 40,
-            "effective_batch": 8}
+            "effective_batch": 8, "probe_grad_ratio": 0.0, "sam_loss_gain": 0.0, "gcd_removed_fraction": 0.0}
     (d / "run.json").write_text(json.dumps({"provenance": {"seed": 0}, "status": status, "cost": cost}))
 
 
@@ -117,7 +117,7 @@ def test_one_row_per_cell_metric_and_hand_counted(tree):
     n_eval = 7 + 4 + 19 + 13 + 8
     # US rows (4 each) for every evaluation the stand-in can score: base/retrain/npo/prism clean, 5 relearn
     n_us = 4 * (2 + 2 + 2 + 5)
-    n_cost = 3 * 5          # npo ×2, prism ×2, ga (diverged)
+    n_cost = 6 * 5          # 3 compute + 3 training-term numbers: npo ×2, prism ×2, ga (diverged)
     n_missing = 4 + 4       # npo seed 1 relearn steps~50 (4 metrics + 4 US as seen on seed 0) ...
     n_diverged_cell = 8     # ... and ga's expected clean cell (8 clean metrics seen on other models)
     assert len(df) == n_eval + n_us + n_cost + n_missing + n_diverged_cell

@@ -156,8 +156,9 @@ def cmd_evaluate(args) -> int:
         under_attack = eval_cfg.pop("under_attack", None) or {}
         if args.attack != "none":  # e.g. fewer metrics for attacked copies (evaluation.under_attack)
             eval_cfg.update(under_attack)
+        seconds: dict[str, float] = {}   # wall seconds per metric (metrics.json "seconds")
         if args.attack == "none" or _attack_kind(args.attack) == "model":
-            metrics, items = evaluate_model(model, tok, bench, eval_cfg, reference=reference)
+            metrics, items = evaluate_model(model, tok, bench, eval_cfg, reference=reference, seconds=seconds)
         else:
             from ..attacks.registry import get_attack
 
@@ -166,6 +167,8 @@ def cmd_evaluate(args) -> int:
         record["metrics"] = {k: float(v) for k, v in metrics.items() if v is not None}
         record["n_items"] = _count_items(items)
         record["judge"] = judges.describe()
+        if seconds:
+            record["seconds"] = {k: round(float(v), 3) for k, v in seconds.items()}
     record["provenance"] = provenance({"evaluation": args.evaluation, "attack_settings": args.attack_settings},
                                       args.seed, device=args.device)
     atomic_write_jsonl(out / "items.jsonl", items)

@@ -27,9 +27,6 @@ from robust_unlearning.report.common import (
     parse_model_id, sort_tidy)
 from robust_unlearning.utils.io import DataFormatError, read_json
 
-# Run-level training-term means (methods/gradients.py TERM_METRICS), written into run.json "cost" by every
-# gradient method and read like the cost numbers (0.0 = the method's update has no such term).
-COST_METRICS = COST_METRICS + ["probe_grad_ratio", "sam_loss_gain", "gcd_removed_fraction"]
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,10 @@ METRIC_ORDER = ["forget_verbmem", "forget_knowmem", "retain_knowmem", "forget_mc
                 "privleak_minkpp_auc", "unlearn_score", "us_utility", "us_effectiveness", "us_privacy", "asr",
                 "over_refusal", "repr_margin", "s_per_step", "tokens_per_s", "peak_mem_mb"]
 US_METRICS = ["unlearn_score", "us_utility", "us_effectiveness", "us_privacy"]
-COST_METRICS = ["s_per_step", "peak_mem_mb", "tokens_per_s"]
+# run.json "cost": compute, plus the run-level training-term means (methods/gradients.py TERM_METRICS) that every
+# gradient method writes there (0.0 = the method's update has no such term)
+COST_METRICS = ["s_per_step", "peak_mem_mb", "tokens_per_s", "probe_grad_ratio", "sam_loss_gain",
+                "gcd_removed_fraction"]
 # note prefix of a ``missing`` row whose number cannot be computed (as opposed to a cell that was not run);
 # tables show such a cell as "–" with a footnote giving the reason
 NOT_COMPUTABLE = "not computable"
