@@ -225,8 +225,10 @@ def pids_in(workdir: Path, *argv_has: str) -> list[int]:
 
 
 def ru_pids(workdir: Path, subcommand: str, *argv_has: str) -> list[int]:
-    """The Python processes of ``ru <subcommand>`` (not their ``bash -c`` wrappers) running in ``workdir``."""
-    return pids_in(workdir, "ru", subcommand, *argv_has)
+    """The Python processes of ``ru <subcommand>`` (not their ``bash -c`` wrappers) running in ``workdir``: the
+    venv's ``ru`` script, or ``python -m robust_unlearning.cli.main`` as the rules' ``workflow/bin/ru`` runs it."""
+    return sorted(set(pids_in(workdir, "ru", subcommand, *argv_has))
+                  | set(pids_in(workdir, "robust_unlearning.cli.main", subcommand, *argv_has)))
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

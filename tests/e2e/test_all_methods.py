@@ -76,4 +76,7 @@ def test_every_attack_ran_against_prism_and_was_evaluated(table):
         assert set(rows["status"]) == {"ok"}, (a.attack, set(rows["status"]))
         values = [float(v) for v in rows["value"] if v not in ("", "NA", "nan")]
         assert values and all(math.isfinite(v) for v in values), a.attack
-    assert not (df["status"] == "missing").any()
+    # the only `missing` rows are numbers that cannot be computed by definition (e.g. the Unlearn Score of an
+    # attacked copy evaluated on forget MCQ only), each with its reason; no expected cell is absent
+    missing = df[df["status"] == "missing"]
+    assert missing["note"].str.startswith("not computable").all(), missing[["model_id", "attack", "metric", "note"]]

@@ -124,8 +124,12 @@ def sigterm_run(reference_run, tmp_path_factory) -> TermRun:
     proc = subprocess.Popen(relkit.snakemake_cmd(target, seed1_eval), cwd=wd, env=relkit.snakemake_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        pids = relkit.wait_for(lambda: relkit.count_lines(live) >= 5 and relkit.ru_pids(wd, "unlearn", target),
-                               timeout=1800, what="unlearning step 5")
+        def at_step_5():
+            if proc.poll() is not None:   # fail now, not after the timeout
+                raise AssertionError("snakemake ended before step 5 was seen:\n" + proc.stdout.read()[-3000:])
+            return relkit.count_lines(live) >= 5 and relkit.ru_pids(wd, "unlearn", target)
+
+        pids = relkit.wait_for(at_step_5, timeout=1800, what="unlearning step 5")
         os.kill(pids[0], signal.SIGTERM)                 # the job's own process, as SLURM signals the job step
         first, _ = proc.communicate(timeout=1800)
     finally:
