@@ -29,7 +29,11 @@ def value(df, method, metric, attack="none", attack_params="default", params=Non
 
 def test_every_grid_cell_has_rows(pipeline_run):
     _, df = pipeline_run
-    assert not (df.status == "missing").any(), df[df.status == "missing"]
+    # no expected cell is absent; the only `missing` rows are numbers that cannot be computed, with their reason
+    # (the retrain oracle's Unlearn Score: it is the PrivLeak reference, so it has no PrivLeak of its own)
+    missing = df[df.status == "missing"]
+    assert missing.note.str.startswith("not computable").all(), missing
+    assert set(missing.metric) <= {"unlearn_score"}, missing
     clean = df[df.attack == "none"]
     for method in ("base", "retrain", "ga", "graddiff", "npo"):
         for metric in ("forget_mcq_acc", "retain_mcq_acc", "forget_knowmem", "retain_knowmem", "forget_verbmem"):
@@ -92,7 +96,10 @@ def test_report_has_every_table_and_figure_by_stage(pipeline_run):
         assert path.name in html, f"{path.name} is not in the report"
     for stage in ("3. Unlearning", "4. Attacks", "5. Evaluation", "6. Aggregate"):
         assert stage in html, stage
-    # the main table: one row per clean model with an Unlearn Score (the retrain oracle is its privacy reference)
-    scored = df[(df.attack == "none") & (df.metric == "unlearn_score")].model_id.nunique()
-    main_rows = [ln for ln in (tables / "paper" / "main.md").read_text().splitlines() if ln.startswith("|")][2:]
-    assert len(main_rows) == scored == 4, main_rows                  # base, GA, GradDiff, NPO
+    # the main table: one row per clean model with an Unlearn Score row; the retrain oracle's is `– ‡` (it is the
+    # privacy reference), with the reason in the footnote
+    scored = df[(df.attack == "none") & (df.metric == "unlearn_score")]
+    main = (tables / "paper" / "main.md").read_text()
+    main_rows = [ln for ln in main.splitlines() if ln.startswith("|")][2:]
+    assert len(main_rows) == scored.model_id.nunique() == 5, main_rows   # base, retrain, GA, GradDiff, NPO
+    assert (scored.status == "ok").sum() == 4 and "not computable" in main
