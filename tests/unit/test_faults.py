@@ -1,6 +1,7 @@
 """RU_FAULT_INJECT (utils/faults.py): on start, and in the middle of a training loop and of an evaluation."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -55,6 +56,7 @@ def test_crash_mid_training_loop_keeps_the_last_checkpoint_and_the_rerun_resumes
     data = [encode_text(tiny_tokenizer, t, 20) for t in TEXTS]
     out, ck = tmp_path / "unlearn" / "ga" / "out", tmp_path / "ck"
     cfg = {"steps": 5, "batch_size": 2, "progress": False, "checkpoint_every": 2}
+    start = copy.deepcopy(micro_model)   # the rerun starts from the same model as a real job reloads it from disk
     inject(f"unlearn@{out}#step=3")
     faults.maybe_fail("unlearn", out)
     with pytest.raises(faults.InjectedFault, match="step=3"):
@@ -63,7 +65,7 @@ def test_crash_mid_training_loop_keeps_the_last_checkpoint_and_the_rerun_resumes
     assert json.loads((ck / "state" / "meta.json").read_text())["step"] == 2 and not out.exists()
     assert len((ck / "train_log.live.jsonl").read_text().splitlines()) == 3   # the steps it did, on disk
     inject("")
-    res = run_unlearning(micro_model, tiny_tokenizer, "ga", {"lr": 1e-3}, cfg, data[:2], data[2:], out, 0, ck,
+    res = run_unlearning(start, tiny_tokenizer, "ga", {"lr": 1e-3}, cfg, data[:2], data[2:], out, 0, ck,
                          device="cpu")
     assert res["resumed_from"] == 2 and res["steps"] == 5
 
