@@ -1,7 +1,7 @@
 """The prepared GPU check (workflow/scripts/gpu_check.py) runs its own code path on CPU with a tiny shape.
 
 It must run where only PyTorch, transformers, accelerate and peft are installed (the GPU machine has no snakemake,
-jsonschema, lm-eval, rouge-score or gguf), so the test blocks those imports while it runs.
+jsonschema, lm-eval, rouge-score, gguf or matplotlib), so the test blocks those imports while it runs.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "workflow" / "scripts" / "gpu_check.py"
-ABSENT_ON_GPU_MACHINE = ["snakemake", "jsonschema", "lm_eval", "rouge_score", "gguf", "sklearn", "matplotlib"]
+ABSENT_ON_GPU_MACHINE = ["snakemake", "jsonschema", "lm_eval", "rouge_score", "gguf", "matplotlib"]
 
 RUNNER = """
 import importlib.abc, runpy, sys
