@@ -30,8 +30,10 @@ MINI = ROOT / "tests" / "e2e" / "mini_config.yaml"
 BENCH = "results/synthetic"
 #: planted in the environment of the reference run; must never appear in results, logs or Snakemake output
 PLANTED_KEY = "sk-reliability-PLANTED-7f3c9a1e5b2d4c6e8a0b"
-#: timing and memory legitimately differ between two runs of the same config (excluded from comparisons)
-COST_METRICS = {"s_per_step", "tokens_per_s", "peak_mem_mb"}
+#: rows read from run.json, not evaluation cells: timing and memory legitimately differ between two runs of the
+#: same config, and the training-term means come with them (excluded from comparisons)
+COST_METRICS = {"s_per_step", "tokens_per_s", "peak_mem_mb", "probe_grad_ratio", "sam_loss_gain",
+                "gcd_removed_fraction"}
 
 _NET_GUARD = '''\
 """Installed by tests/reliability (PYTHONPATH): refuse and record every non-local network connection."""
@@ -264,6 +266,8 @@ def comparable(df: pd.DataFrame, cells: set[tuple[str, str, str]] | None = None)
     """Rows other than timing/memory, restricted to ``cells`` (model_id, attack, attack_params), in a stable
     order, values as written (string compare = bit-exact)."""
     df = df[~df["metric"].isin(COST_METRICS)]
+    if "note" in df.columns:   # numbers that cannot exist by definition (the retrain oracle's Unlearn Score: it is
+        df = df[~df["note"].astype(str).str.startswith("not computable")]   # the PrivLeak reference), not cells
     if cells is not None:
         keys = list(zip(df["model_id"], df["attack"], df["attack_params"]))
         df = df[[k in cells for k in keys]]
