@@ -43,7 +43,8 @@ PROFILE = "tests/slurm/profile"
 RESUMED_RE = re.compile(r"resumed from step (\d+)")
 SUBMITTED_RE = re.compile(r"submitted with SLURM jobid (\d+)")
 # the cost of a run legitimately differs between two runs of the same config
-TIMING_METRICS = {"s_per_step", "tokens_per_s", "peak_mem_mb"}
+TIMING_METRICS = {"s_per_step", "tokens_per_s", "peak_mem_mb", "probe_grad_ratio", "sam_loss_gain",
+                  "gcd_removed_fraction"}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -146,6 +147,8 @@ def _read_metrics(path: Path):
 
     df = pd.read_csv(path, keep_default_na=True)
     df = df[~df["metric"].isin(TIMING_METRICS)]
+    # numbers that cannot exist by definition (the retrain oracle's Unlearn Score: it is the PrivLeak reference)
+    df = df[~df["note"].fillna("").astype(str).str.startswith("not computable")]
     return {(r.model_id, r.attack, str(r.attack_params), r.metric): (float(r.value), str(r.status))
             for r in df.itertuples(index=False)}
 
