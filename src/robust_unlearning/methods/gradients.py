@@ -70,13 +70,7 @@ def accumulate_grad(loss_fn: Callable, microbatches: Iterable, phase: str = "",
     totals: dict[str, float] = {}
     for mb in microbatches:
         loss, terms = loss_fn(mb)
-        values = {k: (float(v.detach()) if torch.is_tensor(v) else float(v)) for k, v in terms.items()}
-        lv = float(loss.detach())
-        for k, v in values.items():
-            if not math.isfinite(v):
-                raise NonFiniteLoss(k, v, phase)
-        if not math.isfinite(lv):
-            raise NonFiniteLoss(f"loss_{phase}" if phase else "loss", lv, phase)
+        values = _checked_terms(terms, phase, [(f"loss_{phase}" if phase else "loss", loss)])
         if loss.requires_grad:
             loss.backward()
             if on_backward is not None:
@@ -84,6 +78,15 @@ def accumulate_grad(loss_fn: Callable, microbatches: Iterable, phase: str = "",
         for k, v in values.items():
             totals[k] = totals.get(k, 0.0) + v
     return totals
+
+
+def _checked_terms(terms: dict, phase: str, losses: Sequence[tuple[str, torch.Tensor]]) -> dict[str, float]:
+    """The micro-batch's logged terms as floats; a non-finite term or loss raises NonFiniteLoss naming it."""
+    values = {k: (float(v.detach()) if torch.is_tensor(v) else float(v)) for k, v in terms.items()}
+    for k, v in [*values.items(), *((name, float(loss.detach())) for name, loss in losses)]:
+        if not math.isfinite(v):
+            raise NonFiniteLoss(k, v, phase)
+    return values
 
 
 def accumulate_split(loss_fn: Callable, microbatches: Iterable, params: Sequence[torch.Tensor],
@@ -102,10 +105,7 @@ def accumulate_split(loss_fn: Callable, microbatches: Iterable, params: Sequence
     params = list(params)
     for mb in microbatches:
         main, aux, terms = loss_fn(mb)
-        values = {k: (float(v.detach()) if torch.is_tensor(v) else float(v)) for k, v in terms.items()}
-        for k, v in [*values.items(), ("main", float(main.detach())), ("aux", float(aux.detach()))]:
-            if not math.isfinite(v):
-                raise NonFiniteLoss(k if k not in ("main", "aux") else f"loss_{phase}_{k}", v, phase)
+        values = _checked_terms(terms, phase, [(f"loss_{phase}_main", main), (f"loss_{phase}_aux", aux)])
         if aux.requires_grad:
             ga = torch.autograd.grad(aux, params, retain_graph=main.requires_grad, allow_unused=True)
             with torch.no_grad():
