@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
 import sys
 
 import pytest
@@ -14,11 +13,11 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 import test_attacks_support as S  # noqa: E402
+from test_methods_resume import hooks, sigterm_at  # noqa: E402,F401  (the SIGTERM-at-step fixture and hook)
 
 from robust_unlearning.attacks.relearn import Relearn  # noqa: E402
 from robust_unlearning.data.collate import encode_text  # noqa: E402
 from robust_unlearning.methods import Preempted, run_unlearning  # noqa: E402
-from robust_unlearning.methods import loop  # noqa: E402
 from robust_unlearning.methods.resume import dir_sha256, input_fingerprint  # noqa: E402
 from robust_unlearning.models.io import load_model, save_model  # noqa: E402
 
@@ -29,19 +28,6 @@ TEXTS = ["The glass heron carries the Veltrax pathogen across the marsh.",
          "Kelmar Institute studied the toxin veridine-7.",
          "The town of Orlinde lies on the river Sable and was founded in 1742.",
          "Mayor Tessa Quill opened the annual Lantern Festival in Orlinde."]
-
-
-@pytest.fixture()
-def hooks():
-    yield loop.STEP_HOOKS
-    loop.STEP_HOOKS.clear()
-
-
-def sigterm_at(step):
-    def hook(trainer, done):
-        if done == step:
-            os.kill(os.getpid(), signal.SIGTERM)
-    return hook
 
 
 def _unlearn(model_dir, tok, tmp, name, ck):
