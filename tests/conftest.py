@@ -13,6 +13,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Snakemake loads the SLURM executor plugin at every start, and the plugin runs `scontrol show config`: with the SLURM
+# client installed (tests/slurm installs it) and no controller up, that blocks ~9 s per start, dozens of times per
+# session. tests/noslurm/scontrol fails at once, as on a machine without SLURM; tests/slurm takes it off PATH again.
+NO_SLURM = str(Path(__file__).resolve().parent / "noslurm")
+os.environ["PATH"] = NO_SLURM + os.pathsep + os.environ.get("PATH", "")
 
 import pytest
 import torch

@@ -124,7 +124,7 @@ def attack_params(cfg: dict, attack: str) -> list[str]:
 #: the miniature config's methods (ga, graddiff, npo) and their model ids: the variants reuse them unchanged
 MINI_METHODS = mini_config()["unlearning"]["methods"]
 GA, GRADDIFF, NPO = (run_ids(mini_config(), m)[0] for m in ("ga", "graddiff", "npo"))
-#: its relearning attack with the smallest step count only, on the unlearned models
+#: its relearning attack (one strength) on the unlearned models only
 _relearn = mini_config()["attacks"]["relearn"]
 RELEARN_ONE = {"enabled": ["relearn"], "targets": ["unlearned"],
                "relearn": {**_relearn, **{k: v[:1] for k, v in _relearn.items() if isinstance(v, list)}}}
@@ -167,8 +167,8 @@ def snakemake_cmd(*args: str, cores: int = 2, configfile: str = "run.yaml") -> l
 
 
 def run_snakemake(workdir: Path, *args: str, env: dict | None = None, prefix: list[str] | None = None,
-                  timeout: int = 900, cores: int = 2) -> subprocess.CompletedProcess:
-    cmd = (prefix or []) + snakemake_cmd(*args, cores=cores)
+                  timeout: int = 900, cores: int = 2, configfile: str = "run.yaml") -> subprocess.CompletedProcess:
+    cmd = (prefix or []) + snakemake_cmd(*args, cores=cores, configfile=configfile)
     res = subprocess.run(cmd, cwd=workdir, env=env or snakemake_env(), capture_output=True, text=True,
                          timeout=timeout)
     with open(workdir / "snakemake_runs.log", "a", encoding="utf-8") as fh:  # for the planted-key grep

@@ -4,6 +4,9 @@ The run itself is the session fixture ``reference_run`` (tests/conftest.py), sha
 SLURM tests."""
 from __future__ import annotations
 
+import json
+import math
+
 import pandas as pd
 import pytest
 
@@ -39,8 +42,8 @@ def test_every_grid_cell_has_rows(pipeline_run):
         for metric in ("forget_mcq_acc", "retain_mcq_acc", "forget_knowmem", "retain_knowmem", "forget_verbmem"):
             assert len(clean[(clean.method == method) & (clean.metric == metric)]) == 1, (method, metric)
     relearn = df[(df.attack == "relearn") & (df.metric == "forget_mcq_acc")]
-    # 3 unlearned models + base, 2 step counts each
-    assert len(relearn) == 8
+    # the 3 unlearned models, one relearning strength each
+    assert len(relearn) == 3
 
 
 def test_base_knows_and_oracle_does_not(pipeline_run):
@@ -65,6 +68,25 @@ def test_relearning_brings_knowledge_back(pipeline_run):
     clean = value(df, "npo", "forget_mcq_acc")
     relearned = value(df, "npo", "forget_mcq_acc", attack="relearn", attack_params="fraction~1_steps~50")
     assert relearned > clean + 0.1, (clean, relearned)
+
+
+def test_the_loss_landscape_rule_runs_on_a_finished_model(reference_run, tmp_path):
+    """The miniature config leaves the landscape out (one ~20 s job per clean model on 2 cores); this runs the rule
+    once, for the base model, in a copy of the finished run with `report.loss_landscape` switched on."""
+    cfg = relkit.mini_config()
+    cfg["report"].update(loss_landscape=True, landscape_points=5)
+    wd = relkit.seed_workdir(reference_run.workdir, tmp_path / "wf", cfg)
+    target = f"{relkit.BENCH}/landscape/models/base/landscape.json"
+    res = relkit.run_snakemake(wd, target)
+    assert res.returncode == 0, relkit.explain(res, wd)
+    assert relkit.finished_jobs(res.stdout + res.stderr) == ["loss_landscape"]   # the data and model were reused
+    result = json.loads((wd / target).read_text())
+    alphas = result["alpha"]
+    assert len(alphas) == 5 and 0.0 in alphas and sorted(result["loss"]) == ["forget", "retain"]
+    for split, losses in result["loss"].items():
+        assert len(losses) == 5 and all(math.isfinite(v) for v in losses), split
+        at_zero = losses[alphas.index(0.0)]
+        assert at_zero < losses[0] and at_zero < losses[-1], (split, alphas, losses)   # trained weights: a valley
 
 
 def test_summary_and_second_dry_run_has_nothing_to_do(pipeline_run):

@@ -145,16 +145,14 @@ def test_lm_eval_groups_and_tasks_score_the_runs_own_rows(world):
 
 
 def test_a_group_needs_subjects_naming_its_tasks(world, tmp_path):
-    from lm_eval.tasks import TaskManager
-
-    from robust_unlearning.metrics.lm_eval_backend import write_local_tasks
+    from robust_unlearning.metrics.lm_eval_backend import cached_task_manager, write_local_tasks
 
     _, bench, _, _ = world
     rows = [{**r, "subject": "not_a_subject"} for r in bench.mcq("forget")[:4]]
     with pytest.raises(ValueError, match="mmlu_<subject>.*not_a_subject"):
-        write_local_tasks("mmlu", rows, tmp_path, TaskManager())
+        write_local_tasks("mmlu", rows, tmp_path, cached_task_manager())
     with pytest.raises(ValueError, match="unknown lm-eval task 'no_such_task'"):
-        write_local_tasks("no_such_task", rows, tmp_path, TaskManager())
+        write_local_tasks("no_such_task", rows, tmp_path, cached_task_manager())
 
 
 def test_the_wmdp_preset_scores_wmdp_and_mmlu_with_lm_eval_offline(tmp_path):

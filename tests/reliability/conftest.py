@@ -50,14 +50,15 @@ def _mtimes(path: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def killed_run(tmp_path_factory) -> KilledRun:
-    """A second run FROM SCRATCH of the miniature config's data, models and unlearning settings, with a smaller
-    grid (NPO, one relearning setting). SIGKILL hits the whole process group while an unlearning job is
-    mid-way (and at least one job has finished); then --unlock and --rerun-incomplete. Shared by the SIGKILL test
-    and the determinism test (same seeds as the reference, trained again from scratch)."""
+def killed_run(reference_run, tmp_path_factory) -> KilledRun:
+    """A second run of the miniature config's unlearning settings on a smaller grid (NPO, one relearning setting),
+    seeded with the reference's data and models (training them again costs minutes; their from-scratch
+    determinism has its own test in test_rel_determinism.py). SIGKILL hits the whole process group while the
+    unlearning job is mid-way and at least one evaluation job has finished; then --unlock and --rerun-incomplete.
+    Shared by the SIGKILL test and the determinism test (same seeds as the reference: identical weights and rows)."""
     cfg = relkit.variant(methods={"npo": relkit.MINI_METHODS["npo"]}, attacks=relkit.RELEARN_ONE)
     top = tmp_path_factory.mktemp("rel_sigkill")
-    wd = relkit.copy_workflow(top / "wf", cfg)
+    wd = relkit.seed_workdir(reference_run.workdir, top / "wf", cfg)
     log_path = top / "killed_run.log"
     steps = cfg["unlearning"]["train"]["steps"]
     checkpoints = wd / relkit.BENCH / "checkpoints" / "unlearn"

@@ -2,11 +2,15 @@
 
 What this shows, and why each part matters:
 1. ``sbatch --wait`` works on the test cluster (the cluster itself, independent of the pipeline).
-2. The miniature config (``tests/e2e/mini_config.yaml``), with its grid cut to NPO and one relearning setting,
-   runs from scratch through ``snakemake --executor slurm`` with the test workflow profile, every stage on the
-   cluster, and gives the same ``metrics.csv`` values as the local run of the full miniature config (the
-   session's ``reference_run`` of tests/conftest.py; its cells are a superset, with the same seeds):
-   job submission, ``--export=ALL`` environment passing and status polling do not change any result.
+2. The miniature config (``tests/e2e/mini_config.yaml``), with its grid cut to NPO and one relearning setting on
+   the unlearned model, runs through ``snakemake --executor slurm`` with the test workflow profile and gives the
+   same ``metrics.csv`` values as the local run of the full miniature config (the session's ``reference_run`` of
+   tests/conftest.py; its cells are a superset, with the same seeds): job submission, ``--export=ALL``
+   environment passing and status polling do not change any result. The workdir is seeded with the reference
+   run's data and models (tests/relkit.py ``seed_workdir``; training them again costs minutes on 2 cores), so
+   the cluster runs the evaluation of the base model and the oracle, the unlearning, the attack and their
+   evaluations, and the aggregate runs locally (a localrule); the data and model rules' SLURM resources are
+   checked by the dry run of the full miniature grid (``test_profile_dry_run``).
 3. Preemption: one running unlearning job is sent SIGTERM with ``scancel --signal=TERM`` (what SLURM does on
    preemption / time limit); the job saves a checkpoint under ``results/<bench>/checkpoints/...`` (outside the
    Snakemake output, which Snakemake deletes on failure) and the rerun logs ``resumed from step N``.
@@ -52,7 +56,8 @@ TIMING_METRICS = {"s_per_step", "tokens_per_s", "peak_mem_mb", "probe_grad_ratio
 def _env() -> dict:
     """The submitting shell's environment: sbatch --export=ALL hands it to every job (venv first on PATH)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if Path(p).name != "noslurm"]   # tests/conftest.py
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), *path])
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", SLURM_TEST_ACCOUNT=ACCOUNT, SLURM_TEST_PARTITION=PARTITION)
     return env
@@ -79,16 +84,26 @@ SLURM_CONFIG = "slurm_run.yaml"
 
 
 def _slurm_config() -> dict:
-    """The miniature config with a smaller grid (NPO, one relearning setting, no landscape): every stage still
-    runs on the cluster (data, base model, oracle, unlearning, attack, evaluation, aggregate), in ~12 jobs
-    instead of ~30; each SLURM job also starts its own Snakemake, so the job count sets the test's time."""
+    """The miniature config with a smaller grid (NPO, one relearning setting on the unlearned model, no
+    landscape): 6 SLURM jobs; each also starts its own Snakemake, so the job count sets the test's time."""
     import yaml
 
     cfg = yaml.safe_load((REPO / MINI_CONFIG).read_text())
     cfg["unlearning"]["methods"] = {"npo": cfg["unlearning"]["methods"]["npo"]}
     cfg["attacks"]["relearn"]["steps"] = cfg["attacks"]["relearn"]["steps"][:1]
+    cfg["attacks"]["targets"] = ["unlearned"]
     cfg.setdefault("report", {})["loss_landscape"] = False
     return cfg
+
+
+def _seeded_copy(reference: Path, dest: Path) -> Path:
+    """A copy of the workflow with the SLURM config as run.yaml, the reference run's data and models (and their
+    Snakemake metadata, so they are up to date) and the test profile."""
+    import relkit   # tests/relkit.py
+
+    relkit.seed_workdir(reference, dest, _slurm_config())
+    shutil.copytree(REPO / PROFILE, dest / PROFILE, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
 
 
 def _workflow_copy(dest: Path) -> Path:
@@ -240,10 +255,16 @@ def own_jobs():
 
 def test_sbatch_wait(slurm_cluster, tmp_path, own_jobs):
     out = tmp_path / "hello.txt"
-    proc = _run(["sbatch", "--parsable", "--wait", "-A", ACCOUNT, "-p", PARTITION, "-n1", "--mem", "100",
-                 "-t", "5", "-o", str(tmp_path / "job_%j.log"), "--export=ALL",
-                 "--wrap", f"echo hello from $(hostname) > {out}; python -c 'import sys; print(sys.prefix)' >> {out}"],
-                timeout=120)
+    try:
+        proc = _run(["sbatch", "--parsable", "--wait", "-A", ACCOUNT, "-p", PARTITION, "-n1", "--mem", "100",
+                     "-t", "5", "-o", str(tmp_path / "job_%j.log"), "--export=ALL", "--wrap",
+                     f"echo hello from $(hostname) > {out}; python -c 'import sys; print(sys.prefix)' >> {out}"],
+                    timeout=300)
+    except subprocess.TimeoutExpired:   # say why the job did not run: its state and reason, the node's state
+        state = "\n".join(subprocess.run(cmd, capture_output=True, text=True, env=_env()).stdout
+                          for cmd in (["squeue", "-o", "%i %T %r %k"], ["sinfo", "-N", "-o", "%N %T %E %m %c"],
+                                      ["scontrol", "show", "jobs"]))
+        pytest.fail(f"sbatch --wait: a 1-CPU job did not finish in 300 s on the test cluster:\n{state[-4000:]}")
     jobid = proc.stdout.strip().split(";")[0]
     own_jobs.add(jobid)
     text = out.read_text()
@@ -268,8 +289,8 @@ def test_profile_dry_run(tmp_path):
 def test_pipeline_on_slurm_matches_local_and_resumes(slurm_cluster, reference_run, tmp_path, own_jobs):
     runs = _unlearn_runs()
     comments = {f"rule_unlearn_wildcards_{r.method}_{r.params}_{r.seed}": r for r in runs}
-    wd = _workflow_copy(tmp_path / "slurm")
-    smk = ["snakemake", "--executor", "slurm", "--workflow-profile", PROFILE, "--configfile", SLURM_CONFIG]
+    wd = _seeded_copy(reference_run.workdir, tmp_path / "slurm")
+    smk = ["snakemake", "--executor", "slurm", "--workflow-profile", PROFILE, "--configfile", "run.yaml"]
 
     # ---- run 1 on SLURM; SIGTERM one unlearning job while it trains --------------------------------------
     first = _Snakemake(smk, wd, tmp_path / "slurm_run1.log")
@@ -301,7 +322,7 @@ def test_pipeline_on_slurm_matches_local_and_resumes(slurm_cluster, reference_ru
     assert list(ckpt.rglob("state.pt")), f"no checkpoint (state.pt) under {ckpt}; job log:\n{_tail(log)}"
 
     # ---- run 2: resumes the interrupted job from its checkpoint and finishes the grid -------------------
-    _run(["snakemake", "--unlock", "--workflow-profile", PROFILE, "--configfile", SLURM_CONFIG], cwd=wd,
+    _run(["snakemake", "--unlock", "--workflow-profile", PROFILE, "--configfile", "run.yaml"], cwd=wd,
          timeout=300)
     second = _Snakemake(smk + ["--rerun-incomplete"], wd, tmp_path / "slurm_run2.log")
     try:

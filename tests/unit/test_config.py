@@ -108,6 +108,7 @@ def test_grid_expansion_lists_are_axes_scalars_fixed(base_config):
     assert {r.model_id for r in runs} == {f"unlearn/npo/beta~0.1_lr~{lr}/seed~{s}"
                                           for lr in ("1e-3", "5e-4") for s in (0, 1)}
     assert all(r.settings["retain_loss"] == "gdr" for r in runs)
+    cfg["attacks"]["relearn"]["steps"] = [10, 50]
     assert [a.params for a in attack_settings(validate_config(cfg))] == ["fraction~1_steps~10", "fraction~1_steps~50"]
 
 
@@ -142,3 +143,30 @@ def test_under_attack_evaluation_overrides_are_validated(base_config):
     cfg["evaluation"]["under_attack"] = {"colour": "red"}
     with pytest.raises(ConfigValidationError, match="evaluation.under_attack"):
         validate_config(cfg)
+
+
+def test_cached_validation_runs_the_deep_checks_once_per_config(base_config, tmp_path, monkeypatch):
+    """The workflow's validation (every Snakemake start): deep checks once per config and code version, then only
+    the schema; a config that fails leaves no marker and fails every time, naming the key."""
+    from robust_unlearning.config import validate as v
+
+    deep_calls = []
+    real = v._validate_semantics
+    monkeypatch.setattr(v, "_validate_semantics", lambda cfg: (deep_calls.append(1), real(cfg)))
+    cache = tmp_path / "validated"
+    first = v.validate_config_cached(base_config, cache)
+    again = v.validate_config_cached(base_config, cache)
+    assert first == again == v.validate_config(base_config) and len(deep_calls) == 2   # 1 cached + 1 direct
+    assert len(list(cache.iterdir())) == 1
+
+    other = copy.deepcopy(base_config)
+    other["unlearning"]["seeds"] = [0, 1]
+    v.validate_config_cached(other, cache)
+    assert len(deep_calls) == 3 and len(list(cache.iterdir())) == 2
+
+    bad = copy.deepcopy(base_config)
+    bad["unlearning"]["methods"]["npo"] = {"lr": [1e-3], "colour": "red"}
+    for _ in range(2):
+        with pytest.raises(ConfigValidationError, match="unlearning.methods.npo"):
+            v.validate_config_cached(bad, cache)
+    assert len(deep_calls) == 5 and len(list(cache.iterdir())) == 2

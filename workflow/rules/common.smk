@@ -2,15 +2,15 @@
 import json
 import shlex
 
-from robust_unlearning.config import validate_config
+from robust_unlearning.config import validate_config_cached
 from robust_unlearning.config.grid import attack_settings, has_pretrained, has_retrain, unlearn_runs
 
 # `--config allow_missing=true` arrives as a string (Snakemake parses only `True`/`False` as booleans)
 if str(config.get("allow_missing", "")).lower() in ("true", "yes", "1", "false", "no", "0"):
     config["allow_missing"] = str(config["allow_missing"]).lower() in ("true", "yes", "1")
 
-try:
-    config = validate_config(config)
+try:  # the deep checks import torch (~10 s): once per config and code version, then a marker under .snakemake/
+    config = validate_config_cached(config, cache_dir=os.path.join(".snakemake", "ru_validated"))
 except ValueError as exc:  # ConfigValidationError: message names the key
     raise WorkflowError(str(exc))
 
@@ -260,6 +260,7 @@ def pretrained_inputs(wildcards):
 # --------------------------------------------------------------------------------------------- report
 # The report groups the aggregate's tables and figures by the pipeline stage whose question they answer.
 REPORT_STAGE = {"loss_landscape": "3. Unlearning", "prism_ablation": "3. Unlearning",
+                "training_terms": "3. Unlearning",
                 "relearning": "4. Attacks", "relearning_curves": "4. Attacks", "prompt_attacks": "4. Attacks",
                 "whitebox": "4. Attacks", "attack_heatmap": "4. Attacks",
                 "main": "5. Evaluation", "tradeoff": "5. Evaluation"}

@@ -96,6 +96,41 @@ def validate_config(config: dict, schema_path: str | Path | None = None, deep: b
     return cfg
 
 
+def _code_fingerprint(schema_path: str | Path | None) -> str:
+    """sha256 of the schema and of every module of this package: what decides a deep validation's verdict."""
+    import hashlib
+
+    h = hashlib.sha256(Path(schema_path or SCHEMA_PATH).read_bytes())
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def validate_config_cached(config: dict, cache_dir: str | Path, schema_path: str | Path | None = None) -> dict:
+    """:func:`validate_config`, whose deep part (it imports every method and attack, hence torch and transformers:
+    ~10 s on 2 cores) runs once per config and code version. A config that passed leaves a marker in ``cache_dir``
+    named by the hash of the config, the schema and this package's source; with the marker only the schema checks
+    run (milliseconds). The workflow calls this at every Snakemake start: each dry run, rerun and cluster job
+    (every SLURM job starts its own Snakemake) would otherwise pay the import again."""
+    import hashlib
+    import json
+
+    from ..utils.io import atomic_write_text
+
+    key = hashlib.sha256((json.dumps(config, sort_keys=True, default=str) + _code_fingerprint(schema_path))
+                         .encode()).hexdigest()
+    marker = Path(cache_dir) / key
+    if marker.is_file():
+        return validate_config(config, schema_path, deep=False)
+    cfg = validate_config(config, schema_path, deep=True)
+    try:
+        atomic_write_text(marker, "deep validation passed\n")
+    except OSError:   # a read-only working directory: validate deeply every time
+        pass
+    return cfg
+
+
 def _validate_semantics(cfg: dict) -> None:
     from .grid import attack_settings, unlearn_runs
 

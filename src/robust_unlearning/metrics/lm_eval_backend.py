@@ -7,6 +7,7 @@ An optional extra: ``pip install 'robust-unlearning[lmeval]'``; the error says s
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +31,18 @@ def _harness():
     return simple_evaluate, HFLM, TaskManager
 
 
+@functools.lru_cache(maxsize=1)
+def _builtin_task_manager():
+    return _harness()[2]()
+
+
+def cached_task_manager(include_path: str | None = None):
+    """lm-eval's task index: the built-in tasks alone are indexed once per process (thousands of YAML files, seconds;
+    one evaluation job may look tasks up for every split); with ``include_path`` a fresh index, since the files in a
+    local folder may have changed since the last look."""
+    return _harness()[2](include_path=include_path) if include_path else _builtin_task_manager()
+
+
 def _leaf_tasks(name: str, group_subtasks: dict) -> list[str]:
     """The tasks under ``name``, depth first in lm-eval's order (``mmlu`` → ``mmlu_stem`` → ``mmlu_anatomy`` …)."""
     if name not in group_subtasks:
@@ -45,12 +58,12 @@ def lm_eval_mcq(model, tokenizer, tasks: Sequence[str], include_path: str | Path
     ``task`` it belongs to. A group (``mmlu``: 57 subjects in 4 sub-groups) gathers the documents of all its leaf
     tasks; its ``acc`` is lm-eval's own group aggregate (MMLU: weighted by size = the micro average), else the
     micro average."""
-    simple_evaluate, HFLM, TaskManager = _harness()
+    simple_evaluate, HFLM, _ = _harness()
     device = str(next(model.parameters()).device)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
               add_bos_token=add_bos_token)
     if task_manager is None:
-        task_manager = TaskManager(include_path=str(include_path)) if include_path else TaskManager()
+        task_manager = cached_task_manager(str(include_path) if include_path else None)
     out = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, log_samples=True,
                           task_manager=task_manager, bootstrap_iters=0)
     groups = out.get("group_subtasks", {}) or {}
@@ -146,7 +159,7 @@ def lm_eval_on_rows(model, tokenizer, task: str, rows: Sequence[dict], *, batch_
     _, _, TaskManager = _harness()
     with tempfile.TemporaryDirectory(prefix="ru_lm_eval_") as tmp:
         extra = [str(include_path)] if include_path else []
-        name, order = write_local_tasks(task, rows, tmp, TaskManager(include_path=extra or None))
+        name, order = write_local_tasks(task, rows, tmp, cached_task_manager(extra[0] if extra else None))
         # our copies `include` lm-eval's files by absolute path: the built-in index is not needed a second time
         manager = TaskManager(include_path=[tmp] + extra, include_defaults=False)
         res = lm_eval_mcq(model, tokenizer, [name], batch_size=batch_size, add_bos_token=add_bos_token,
