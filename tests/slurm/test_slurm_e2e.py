@@ -80,9 +80,6 @@ def _slurmctld_running() -> bool:
     return bool(re.search(r"^slurmctld: running", out, re.M))
 
 
-SLURM_CONFIG = "slurm_run.yaml"
-
-
 def _slurm_config() -> dict:
     """The miniature config with a smaller grid (NPO, one relearning setting on the unlearned model, no
     landscape): 6 SLURM jobs; each also starts its own Snakemake, so the job count sets the test's time."""
@@ -117,9 +114,6 @@ def _workflow_copy(dest: Path) -> Path:
     (dest / "tests" / "e2e").mkdir(parents=True)
     shutil.copy2(REPO / MINI_CONFIG, dest / MINI_CONFIG)
     shutil.copytree(REPO / PROFILE, dest / PROFILE, ignore=ignore)
-    import yaml
-
-    (dest / SLURM_CONFIG).write_text(yaml.safe_dump(_slurm_config(), sort_keys=False))
     if (REPO / "envs").is_dir():  # conda: directives point here (not used without --sdm conda)
         shutil.copytree(REPO / "envs", dest / "envs", ignore=ignore)
     return dest

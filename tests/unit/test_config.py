@@ -164,9 +164,20 @@ def test_cached_validation_runs_the_deep_checks_once_per_config(base_config, tmp
     v.validate_config_cached(other, cache)
     assert len(deep_calls) == 3 and len(list(cache.iterdir())) == 2
 
+    # the plugins in force are part of the verdict: naming one, or editing it, validates deeply again
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text("# registers nothing\n")
+    monkeypatch.setenv("RU_PLUGINS", str(plugin))
+    v.validate_config_cached(other, cache)
+    plugin.write_text("# registers nothing, edited\n")
+    v.validate_config_cached(other, cache)
+    assert len(deep_calls) == 5 and len(list(cache.iterdir())) == 4
+    monkeypatch.delenv("RU_PLUGINS")
+    deep_calls.clear()
+
     bad = copy.deepcopy(base_config)
     bad["unlearning"]["methods"]["npo"] = {"lr": [1e-3], "colour": "red"}
     for _ in range(2):
         with pytest.raises(ConfigValidationError, match="unlearning.methods.npo"):
             v.validate_config_cached(bad, cache)
-    assert len(deep_calls) == 5 and len(list(cache.iterdir())) == 2
+    assert len(deep_calls) == 2 and len(list(cache.iterdir())) == 4

@@ -5,6 +5,8 @@ Every error names the offending key as a dotted path, e.g. ``unlearning.methods.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -97,13 +99,24 @@ def validate_config(config: dict, schema_path: str | Path | None = None, deep: b
 
 
 def _code_fingerprint(schema_path: str | Path | None) -> str:
-    """sha256 of the schema and of every module of this package: what decides a deep validation's verdict."""
-    import hashlib
+    """sha256 of what decides a deep validation's verdict: the schema, every module of this package, and the
+    plugins in force (``RU_PLUGINS``: their names and, where they resolve to a file, its source)."""
+    import importlib.util
+
+    from ..plugins import plugin_names
 
     h = hashlib.sha256(Path(schema_path or SCHEMA_PATH).read_bytes())
     package = Path(__file__).resolve().parents[1]
     for path in sorted(package.rglob("*.py")):
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    for name in plugin_names():
+        h.update(b"\0plugin\0" + name.encode())
+        try:
+            origin = name if name.endswith(".py") else getattr(importlib.util.find_spec(name), "origin", None)
+        except (ImportError, ValueError):   # not importable: the deep validation names it
+            origin = None
+        if origin and Path(origin).is_file():
+            h.update(Path(origin).read_bytes())
     return h.hexdigest()
 
 
@@ -113,9 +126,6 @@ def validate_config_cached(config: dict, cache_dir: str | Path, schema_path: str
     named by the hash of the config, the schema and this package's source; with the marker only the schema checks
     run (milliseconds). The workflow calls this at every Snakemake start: each dry run, rerun and cluster job
     (every SLURM job starts its own Snakemake) would otherwise pay the import again."""
-    import hashlib
-    import json
-
     from ..utils.io import atomic_write_text
 
     key = hashlib.sha256((json.dumps(config, sort_keys=True, default=str) + _code_fingerprint(schema_path))
