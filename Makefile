@@ -99,12 +99,13 @@ slurm: env-info
 dryrun: setup
 	$(SNAKEMAKE) -n
 
+# two xdist workers, one per lane: the shared pipeline runs, and everything else (tests/conftest.py, "two lanes")
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -n 2 --dist loadgroup --no-loadscope-reorder tests
 
 # everything not marked `slow` (no Snakemake pipeline run): unit tests, the fast reliability and integration ones
 test-fast: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m "not slow" tests
 
 # RU_REQUIRE_SLURM: a cluster that cannot be installed or started fails here instead of skipping
 test-slurm: setup

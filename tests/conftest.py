@@ -4,6 +4,7 @@ by the e2e test, the reliability suite and the SLURM test (a pipeline run costs 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -25,7 +26,32 @@ import torch
 from robust_unlearning.models.architectures import build_llama
 from robust_unlearning.models.tokenizer import train_bpe_tokenizer
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# `make test` runs two xdist workers side by side on 2 cores ("two lanes" below): one intra-op thread each
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+torch.set_num_threads(1 if XDIST_WORKER else max(1, min(2, os.cpu_count() or 1)))
+
+# ---- two lanes for `make test` (pytest -n 2 --dist loadgroup --no-loadscope-reorder; docs/architecture.md, "Tests")
+# Most of the suite's time is Snakemake pipeline runs, each of which keeps ~1.7 of 2 cores busy; the rest is short
+# single-threaded tests. Two xdist workers, one per lane, fill the idle core. Lane "pipeline": every test of the
+# session's shared runs (the reference run, the all-methods run, the SIGKILL and SIGTERM runs), so that each run is
+# made once, by one worker. Lane "rest": everything else, then the pipeline tests listed in REST_LANE_RUNS (their
+# own runs, seeded with the reference's data and models), last, so that by then the reference run exists; the
+# reference is shared between the workers through a file lock (``reference_run``). Without xdist the markers are
+# inert and the order is the same.
+REST_LANE_RUNS = ("tests/slurm/", "test_keep_going_finishes_independent_branches")
+
+
+def _lane(item) -> str:
+    if any(key in item.nodeid for key in REST_LANE_RUNS):
+        return "rest"
+    return "pipeline" if "reference_run" in item.fixturenames else "rest"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_lane(item)))
+    # the rest lane's reference-run tests last (stable sort: the collection order otherwise)
+    items.sort(key=lambda item: _lane(item) == "rest" and "reference_run" in item.fixturenames)
 
 _CORPUS = [
     "The glass heron carries the Veltrax pathogen across the marsh.",
@@ -65,16 +91,28 @@ def reference_run(tmp_path_factory) -> Run:
     """The miniature config from scratch, networking blocked for every process (private network namespace when
     the kernel allows it, and a sitecustomize guard that refuses and records any connection), a fake API key
     planted in the environment. RU_RELIABILITY_REFERENCE=<dir> keeps it in <dir> and reuses it next time (for
-    work on the suite itself; the Makefile never sets it)."""
+    work on the suite itself; the Makefile never sets it). Under xdist the two workers share one run in the common
+    base temp dir: the first to ask makes it while holding a file lock, the other waits on the lock."""
+    keep = os.environ.get("RU_RELIABILITY_REFERENCE")  # developing the suite: keep this run between sessions
+    if not keep and XDIST_WORKER:   # both workers share one run: the base temp dir's parent is common to them
+        keep = str(tmp_path_factory.getbasetemp().parent / "shared_reference_run")
+    if not keep:
+        return _make_reference_run(tmp_path_factory.mktemp("rel_reference"))
+    top = Path(keep)
+    top.mkdir(parents=True, exist_ok=True)
+    with open(top / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # the other worker waits here while this one makes the run
+        if (top / "reference.json").is_file():
+            info = json.loads((top / "reference.json").read_text())
+            return Run(top / "wf", (top / "reference.out").read_text(), (top / "reference.err").read_text(),
+                       info["seconds"], top / "netguard.log", info["netns"])
+        return _make_reference_run(top)
+
+
+def _make_reference_run(top: Path) -> Run:
     import relkit  # tests/relkit.py; imported here so that unit-test sessions do not pay for it
 
-    keep = os.environ.get("RU_RELIABILITY_REFERENCE")  # developing the suite: keep this run between sessions
-    top = Path(keep) if keep else tmp_path_factory.mktemp("rel_reference")
     done = top / "reference.json"
-    if keep and done.is_file():
-        info = json.loads(done.read_text())
-        return Run(top / "wf", (top / "reference.out").read_text(), (top / "reference.err").read_text(),
-                   info["seconds"], top / "netguard.log", info["netns"])
     shutil.rmtree(top / "wf", ignore_errors=True)
     workdir = relkit.copy_workflow(top / "wf")
     guard_env, net_log = relkit.net_guard(top)

@@ -140,3 +140,43 @@ def test_every_metric_of_the_evaluation_step_equals_its_own_function(micro_model
     assert metrics["oversafe_asr"] > 0                       # the ASR of the look-alike prompts: junk ≠ refusal
     assert metrics["privleak"] == pytest.approx(100 * (metrics["privleak_auc"] - 0.3) / 0.3)
     assert metrics["privleak"] != 0 and metrics["repr_margin"] != 0
+
+
+def test_knowmem_and_verbmem_score_high_when_the_answers_are_the_models_own_outputs(micro_model, tiny_tokenizer):
+    """The random micro model's KnowMem and VerbMem are genuinely 0 on the fake benchmark, so the test above cannot
+    tell a working evaluation step from one that returns 0 for them. Here the gold answers are replaced by what the
+    model itself generated (greedy, so the second evaluation generates the same text): KnowMem must be 100 and
+    VerbMem high (its reference is the gold text cut to the token budget, BOS included), through evaluate_model."""
+    from robust_unlearning.metrics.muse import knowmem_prompt
+
+    cfg = {**CFG, "metrics": ["knowmem", "verbmem"]}
+    bench = FakeBench()
+    # a few steps on the QA texts so that the random model answers in words (untrained, it answers blanks)
+    texts = [knowmem_prompt(r["question"], bench.knowmem("forget_qa_icl"), False) + " " + r["answer"]
+             for r in bench.knowmem("forget_qa")]
+    batch = tiny_tokenizer(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    opt = torch.optim.AdamW(micro_model.parameters(), lr=1e-2)
+    micro_model.train()
+    for _ in range(30):
+        opt.zero_grad()
+        micro_model(**batch, labels=labels).loss.backward()
+        opt.step()
+    micro_model.eval()
+    _, items = evaluate_model(micro_model, tiny_tokenizer, bench, cfg)
+    by = {}
+    for it in items:
+        by.setdefault(it["metric"], []).append(it["output"])
+    assert all(o.strip() for outs in by.values() for o in outs), by      # words to score, not empty outputs
+
+    class OwnAnswers(FakeBench):
+        def verbmem(self):
+            return [{**row, "gt": out} for row, out in zip(super().verbmem(), by["forget_verbmem"])]
+
+    own = OwnAnswers()
+    for split in ("forget", "retain"):
+        for row, out in zip(own._km[f"{split}_qa"], by[f"{split}_knowmem"]):
+            row["answer"] = out
+    metrics, _ = evaluate_model(micro_model, tiny_tokenizer, own, cfg)
+    assert metrics["forget_knowmem"] == pytest.approx(100.0) and metrics["retain_knowmem"] == pytest.approx(100.0)
+    assert metrics["forget_verbmem"] > 50, metrics["forget_verbmem"]

@@ -48,6 +48,21 @@ def test_auc_convention_hand():
     assert mia_auc([1.0, 1.0], [1.0]) == pytest.approx(0.5)  # ties
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_equals_sklearn_roc_auc_on_random_scores_with_ties(seed):
+    """mia_auc counts pairs (no sklearn import in jobs); sklearn's roc_curve + auc is the independent reference."""
+    rng = np.random.default_rng(seed)
+    forget = rng.integers(0, 6, size=int(rng.integers(1, 40))).astype(float) / 2   # coarse values: many ties
+    holdout = rng.integers(0, 6, size=int(rng.integers(1, 40))).astype(float) / 2
+    y = np.r_[np.zeros(forget.size), np.ones(holdout.size)]
+    if y.min() == y.max():
+        return
+    fpr, tpr, _ = roc_curve(y, -np.r_[forget, holdout])
+    assert mia_auc(forget, holdout) == pytest.approx(auc(fpr, tpr), abs=1e-12)
+    with pytest.raises(ValueError, match="NaN"):
+        mia_auc([*forget, float("nan")], holdout)
+
+
 def test_privleak_formula():
     assert privleak(0.3, 0.5) == pytest.approx(-40.0)
     assert privleak(0.4772, 0.4772) == 0.0

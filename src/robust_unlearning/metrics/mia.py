@@ -1,7 +1,9 @@
 """Membership inference: Min-K%, Min-K%++ and PrivLeak with the MUSE AUC convention (docs/evaluation.md, "PrivLeak", "Min-K%++").
 
 AUC convention (MUSE ``privleak.py``): label 0 = forget texts, label 1 = holdout texts, score = −MinK(x)
-(= the mean of the k lowest token log-likelihoods), ``sklearn.metrics.roc_curve`` + ``auc``. This is
+(= the mean of the k lowest token log-likelihoods), the area under the ROC curve as ``sklearn.metrics.roc_curve``
++ ``auc`` compute it (tests/unit/test_metrics_mia.py compares with sklearn; computed here as the Mann–Whitney
+statistic, ties counted half, which is the same number without importing sklearn, ~2 s per evaluation job). This is
 1 − AUC of the usual "forget = member" detector: a model that still knows the forget texts gives AUC < 0.5.
 PrivLeak = 100 · (AUC − AUC_retrain) / AUC_retrain: ≈ 0 ideal, < 0 under-unlearning, > 0 over-unlearning.
 """
@@ -46,15 +48,18 @@ def mia_auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> 
 
     ``*_scores`` are MinK values (higher = less likely), i.e. what ``min_k``/``min_k_plus_plus`` return.
     """
-    from sklearn.metrics import auc, roc_curve
-
     f = np.asarray(forget_scores, dtype=np.float64)
     h = np.asarray(holdout_scores, dtype=np.float64)
     if f.size == 0 or h.size == 0:
         return float("nan")
-    y = np.concatenate([np.zeros(f.size), np.ones(h.size)])
-    fpr, tpr, _ = roc_curve(y, -np.concatenate([f, h]))
-    return float(auc(fpr, tpr))
+    if np.isnan(f).any() or np.isnan(h).any():   # as sklearn's roc_curve: a NaN score has no rank
+        raise ValueError("mia_auc: NaN among the Min-K scores")
+    # score = −MinK and holdout is the positive class, so a pair counts when −h > −f, i.e. h < f; ties count ½.
+    # The trapezoidal area under sklearn's ROC curve is exactly this pair count over |f|·|h|.
+    f_sorted = np.sort(f)
+    above = f.size - np.searchsorted(f_sorted, h, side="right")     # forget values strictly greater than each h
+    tied = np.searchsorted(f_sorted, h, side="right") - np.searchsorted(f_sorted, h, side="left")
+    return float((above.sum() + 0.5 * tied.sum()) / (f.size * h.size))
 
 
 def privleak(auc_value: float, auc_retrain: float) -> float:
