@@ -39,6 +39,7 @@ torch.set_num_threads(1 if XDIST_WORKER else max(1, min(2, os.cpu_count() or 1))
 # reference is shared between the workers through a file lock (``reference_run``). Without xdist the markers are
 # inert and the order is the same.
 REST_LANE_RUNS = ("tests/slurm/", "test_keep_going_finishes_independent_branches")
+REST_LANE_NICE = 10
 
 
 def _lane(item) -> str:
@@ -47,11 +48,28 @@ def _lane(item) -> str:
     return "pipeline" if "reference_run" in item.fixturenames else "rest"
 
 
+def pytest_itemcollected(item):   # during collection, so that xdist's own modifyitems hook sees the marker
+    item.add_marker(pytest.mark.xdist_group(_lane(item)))
+
+
+def pytest_runtest_setup(item):
+    # the pipeline lane is the critical path (base model, then the oracle trained for as many epochs, then every
+    # job after them): the rest lane, whose tests are independent, runs at a lower CPU priority and fills what the
+    # pipeline lane leaves idle. Subprocesses inherit the niceness; it only matters while both lanes run.
+    if XDIST_WORKER and _lane(item) == "rest" and os.getpriority(os.PRIO_PROCESS, 0) < REST_LANE_NICE:
+        os.setpriority(os.PRIO_PROCESS, 0, REST_LANE_NICE)
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_lane(item)))
     # the rest lane's reference-run tests last (stable sort: the collection order otherwise)
     items.sort(key=lambda item: _lane(item) == "rest" and "reference_run" in item.fixturenames)
+
+
+@pytest.hookimpl(trylast=True)   # after xdist's hook: its groups must be in the node ids, or the lanes are lost
+def pytest_collection_finish(session):
+    if getattr(session.config.option, "loadgroup", False) and any("@" not in i.nodeid for i in session.items):
+        raise pytest.UsageError("--dist loadgroup: xdist did not group the tests into lanes (pytest >= 9 with "
+                                "pytest-xdist 3.8 ignores its groups; pyproject.toml pins pytest < 9)")
 
 _CORPUS = [
     "The glass heron carries the Veltrax pathogen across the marsh.",

@@ -161,9 +161,17 @@ def snakemake_env(extra: dict | None = None) -> dict:
     return env
 
 
+#: the model-training rules ask for 2 threads; in the suite they get 1. `make test` runs two lanes side by side on
+#: 2 cores (tests/conftest.py), and a 2-thread torch job that shares its cores with another process stalls at every
+#: parallel region: the base model took 350 s instead of 109 s. One thread each, base model and oracle train side
+#: by side instead.
+ONE_THREAD = ["--set-threads", "cache_base_model=1", "train_retrain_oracle=1", "cache_pretrained_model=1"]
+
+
 def snakemake_cmd(*args: str, cores: int = 2, configfile: str = "run.yaml") -> list[str]:
     """``args`` first: --configfile (like --config) takes several values, it would swallow a target after it."""
-    return [str(BIN / "snakemake"), *args, "--cores", str(cores), "--scheduler", "greedy", "--configfile", configfile]
+    return [str(BIN / "snakemake"), *args, *ONE_THREAD, "--cores", str(cores), "--scheduler", "greedy",
+            "--configfile", configfile]
 
 
 def run_snakemake(workdir: Path, *args: str, env: dict | None = None, prefix: list[str] | None = None,

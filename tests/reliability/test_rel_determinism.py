@@ -49,7 +49,7 @@ def test_same_seed_makes_byte_identical_data_and_base_model_from_scratch(referen
     for name in ("a", "b"):
         out = tmp_path / name
         assert main(["cache-model", "--model", json.dumps(model), "--data", str(data), "--role", "base",
-                     "--out", str(out), "--threads", "2"]) == 0
+                     "--out", str(out), "--threads", "1"]) == 0
         weights.append((out / "model.safetensors").read_bytes())
         assert (out / "tokenizer.json").read_bytes() == (tmp_path / "a" / "tokenizer.json").read_bytes()
     assert weights[0] == weights[1]

@@ -143,10 +143,12 @@ def test_every_metric_of_the_evaluation_step_equals_its_own_function(micro_model
 
 
 def test_knowmem_and_verbmem_score_high_when_the_answers_are_the_models_own_outputs(micro_model, tiny_tokenizer):
-    """The random micro model's KnowMem and VerbMem are genuinely 0 on the fake benchmark, so the test above cannot
-    tell a working evaluation step from one that returns 0 for them. Here the gold answers are replaced by what the
+    """The random micro model's KnowMem, VerbMem and PrivLeak AUC are genuinely 0 on the fake benchmark, so the test
+    above cannot tell a working evaluation step from one that returns 0 for them. Here the gold answers are replaced by what the
     model itself generated (greedy, so the second evaluation generates the same text): KnowMem must be 100 and
-    VerbMem high (its reference is the gold text cut to the token budget, BOS included), through evaluate_model."""
+    VerbMem high (its reference is the gold text cut to the token budget, BOS included), through evaluate_model;
+    with the trained texts as PrivLeak's holdout set, the AUCs must be high. (Over-refusal stays 0: this model
+    never writes a refusal phrase; the look-alike ASR beside it is checked non-zero above.)"""
     from robust_unlearning.metrics.muse import knowmem_prompt
 
     cfg = {**CFG, "metrics": ["knowmem", "verbmem"]}
@@ -173,10 +175,15 @@ def test_knowmem_and_verbmem_score_high_when_the_answers_are_the_models_own_outp
         def verbmem(self):
             return [{**row, "gt": out} for row, out in zip(super().verbmem(), by["forget_verbmem"])]
 
+        def privleak(self, split):   # holdout = the texts just trained on: the AUC (holdout positive) is near 1
+            return texts if split == "holdout" else super().privleak(split)
+
     own = OwnAnswers()
     for split in ("forget", "retain"):
         for row, out in zip(own._km[f"{split}_qa"], by[f"{split}_knowmem"]):
             row["answer"] = out
-    metrics, _ = evaluate_model(micro_model, tiny_tokenizer, own, cfg)
+    metrics, _ = evaluate_model(micro_model, tiny_tokenizer, own, {**cfg, "metrics": ["knowmem", "verbmem", "privleak"]})
     assert metrics["forget_knowmem"] == pytest.approx(100.0) and metrics["retain_knowmem"] == pytest.approx(100.0)
     assert metrics["forget_verbmem"] > 50, metrics["forget_verbmem"]
+    # the random model's AUC on the fake texts above is genuinely 0; here the AUC itself must not be
+    assert metrics["privleak_auc"] > 0.9 and metrics["privleak_minkpp_auc"] > 0.5, metrics
