@@ -99,9 +99,10 @@ slurm: env-info
 dryrun: setup
 	$(SNAKEMAKE) -n
 
-# two xdist workers, one per lane: the shared pipeline runs, and everything else (tests/conftest.py, "two lanes")
+# three xdist workers, one per lane: the shared pipeline runs, the runs seeded from them, and everything else
+# (tests/conftest.py, "three lanes")
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -n 2 --dist loadgroup --no-loadscope-reorder tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -n 3 --dist loadgroup --no-loadscope-reorder tests
 
 # everything not marked `slow` (no Snakemake pipeline run): unit tests, the fast reliability and integration ones
 test-fast: setup

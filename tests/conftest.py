@@ -26,26 +26,27 @@ import torch
 from robust_unlearning.models.architectures import build_llama
 from robust_unlearning.models.tokenizer import train_bpe_tokenizer
 
-# `make test` runs two xdist workers side by side on 2 cores ("two lanes" below): one intra-op thread each
+# `make test` runs three xdist workers side by side on 2 cores ("three lanes" below): one intra-op thread each
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 torch.set_num_threads(1 if XDIST_WORKER else max(1, min(2, os.cpu_count() or 1)))
 
-# ---- two lanes for `make test` (pytest -n 2 --dist loadgroup --no-loadscope-reorder; docs/architecture.md, "Tests")
-# Most of the suite's time is Snakemake pipeline runs, each of which keeps ~1.7 of 2 cores busy; the rest is short
-# single-threaded tests. Two xdist workers, one per lane, fill the idle core. Lane "pipeline": every test of the
-# session's shared runs (the reference run, the all-methods run, the SIGKILL and SIGTERM runs), so that each run is
-# made once, by one worker. Lane "rest": everything else, then the pipeline tests listed in REST_LANE_RUNS (their
-# own runs, seeded with the reference's data and models), last, so that by then the reference run exists; the
-# reference is shared between the workers through a file lock (``reference_run``). Without xdist the markers are
-# inert and the order is the same.
-REST_LANE_RUNS = ("tests/slurm/", "test_keep_going_finishes_independent_branches")
+# ---- three lanes for `make test` (pytest -n 3 --dist loadgroup --no-loadscope-reorder; docs/architecture.md, "Tests")
+# Most of the suite's time is Snakemake pipeline runs, each of which keeps ~1.7 of 2 cores busy, and the SLURM test,
+# which mostly waits on the cluster; the rest is short single-threaded tests. Three xdist workers, one per lane, keep
+# the 2 cores busy. Lane "pipeline": the tests of the session's shared runs (the reference run, the all-methods run,
+# the SIGTERM run), so that each run is made once, by one worker. Lane "seeded": the tests that make runs of their
+# own seeded with the reference's data and models (SLURM, keep-going, the SIGKILL run), SLURM first: its first tests
+# need no reference, so the cluster starts while the reference run is made. Lane "rest": everything else, at a lower CPU priority,
+# filling what the other two leave idle. The reference run is shared between workers through a file lock
+# (``reference_run``). Without xdist the markers are inert.
 REST_LANE_NICE = 10
 
 
 def _lane(item) -> str:
-    if any(key in item.nodeid for key in REST_LANE_RUNS):
-        return "rest"
-    return "pipeline" if "reference_run" in item.fixturenames else "rest"
+    names = item.fixturenames
+    if "tests/slurm/" in item.nodeid or "killed_run" in names or "test_keep_going" in item.nodeid:
+        return "seeded"
+    return "pipeline" if "reference_run" in names else "rest"
 
 
 def pytest_itemcollected(item):   # during collection, so that xdist's own modifyitems hook sees the marker
@@ -55,14 +56,15 @@ def pytest_itemcollected(item):   # during collection, so that xdist's own modif
 def pytest_runtest_setup(item):
     # the pipeline lane is the critical path (base model, then the oracle trained for as many epochs, then every
     # job after them): the rest lane, whose tests are independent, runs at a lower CPU priority and fills what the
-    # pipeline lane leaves idle. Subprocesses inherit the niceness; it only matters while both lanes run.
+    # other lanes leave idle. Subprocesses inherit the niceness; it only matters while lanes run side by side.
     if XDIST_WORKER and _lane(item) == "rest" and os.getpriority(os.PRIO_PROCESS, 0) < REST_LANE_NICE:
         os.setpriority(os.PRIO_PROCESS, 0, REST_LANE_NICE)
 
 
 def pytest_collection_modifyitems(config, items):
-    # the rest lane's reference-run tests last (stable sort: the collection order otherwise)
-    items.sort(key=lambda item: _lane(item) == "rest" and "reference_run" in item.fixturenames)
+    # the seeded lane: the SLURM module first and in one piece (its cluster is module-scoped; its pipeline test
+    # mostly waits on the cluster), the other seeded runs after it (stable sort: the collection order otherwise)
+    items.sort(key=lambda item: _lane(item) == "seeded" and "tests/slurm/" not in item.nodeid)
 
 
 @pytest.hookimpl(trylast=True)   # after xdist's hook: its groups must be in the node ids, or the lanes are lost

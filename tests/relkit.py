@@ -161,7 +161,7 @@ def snakemake_env(extra: dict | None = None) -> dict:
     return env
 
 
-#: the model-training rules ask for 2 threads; in the suite they get 1. `make test` runs two lanes side by side on
+#: the model-training rules ask for 2 threads; in the suite they get 1. `make test` runs lanes side by side on
 #: 2 cores (tests/conftest.py), and a 2-thread torch job that shares its cores with another process stalls at every
 #: parallel region: the base model took 350 s instead of 109 s. One thread each, base model and oracle train side
 #: by side instead.
