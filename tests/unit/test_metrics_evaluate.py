@@ -187,3 +187,13 @@ def test_knowmem_and_verbmem_score_high_when_the_answers_are_the_models_own_outp
     assert metrics["forget_verbmem"] > 50, metrics["forget_verbmem"]
     # the random model's AUC on the fake texts above is genuinely 0; here the AUC itself must not be
     assert metrics["privleak_auc"] > 0.9 and metrics["privleak_minkpp_auc"] > 0.5, metrics
+
+
+def test_privleak_against_an_oracle_auc_of_zero_is_nan_not_a_crash(micro_model, tiny_tokenizer):
+    """PrivLeak is relative to the oracle's AUC; an AUC of 0 (the random micro model's own AUC here) makes it
+    undefined: NaN (a `missing` row in the tables), and the evaluation goes on."""
+    cfg = {**CFG, "metrics": ["privleak"]}
+    metrics, _ = evaluate_model(micro_model, tiny_tokenizer, FakeBench(), cfg,
+                                reference={"auc_retrain": 0.0, "auc_retrain_minkpp": 0.0})
+    assert math.isnan(metrics["privleak"]) and math.isnan(metrics["privleak_minkpp"])
+    assert not math.isnan(metrics["privleak_auc"])

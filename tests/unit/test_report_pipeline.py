@@ -422,3 +422,15 @@ def test_report_modules_load_neither_methods_nor_attacks_at_run_time():
 
 def test_attack_params_parse_for_steps():
     assert parse_params("fraction~0.5_steps~10") == {"fraction": "0.5", "steps": "10"}
+
+
+def test_a_metric_without_a_finite_value_is_a_missing_row_with_its_reason(tmp_path):
+    """NaN in metrics.json (JSON NaN, or null) is never an `ok` row with a blank value: `missing`, not computable."""
+    bench = tmp_path / "synthetic"
+    _metrics_json(bench, "models/base", *CLEAN, {"forget_mcq_acc": 0.8, "privleak": float("nan"),
+                                                 "privleak_minkpp": None})
+    df = collect_results(bench, "synthetic")
+    for name in ("privleak", "privleak_minkpp"):
+        row = _value(df, "models/base", name)
+        assert row.status == "missing" and math.isnan(row.value) and "not computable" in row.note, row
+    assert _value(df, "models/base", "forget_mcq_acc").status == "ok"

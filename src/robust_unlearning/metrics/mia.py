@@ -9,6 +9,7 @@ PrivLeak = 100 · (AUC − AUC_retrain) / AUC_retrain: ≈ 0 ideal, < 0 under-un
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Sequence
 
@@ -16,6 +17,8 @@ import numpy as np
 
 from .generation import token_logprobs
 from .registry import EvalContext, item_id, record, register_metric
+
+log = logging.getLogger(__name__)
 
 LOGGED_KS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 SIGMA2_FLOOR = 1e-6
@@ -112,10 +115,14 @@ def privleak_metric(ctx: EvalContext, split: str | None = None):
     metrics = {"privleak_auc": mia_auc([s["mink"] for s in scores["forget"]], [s["mink"] for s in scores["holdout"]]),
                "privleak_minkpp_auc": mia_auc([s["minkpp"] for s in scores["forget"]],
                                               [s["minkpp"] for s in scores["holdout"]])}
-    ref = reference_auc(ctx.reference, "mink")
-    if ref is not None:
-        metrics["privleak"] = privleak(metrics["privleak_auc"], ref)
-    ref_pp = reference_auc(ctx.reference, "minkpp")
-    if ref_pp is not None:
-        metrics["privleak_minkpp"] = privleak(metrics["privleak_minkpp_auc"], ref_pp)
+    for name, auc_name, kind in (("privleak", "privleak_auc", "mink"), ("privleak_minkpp", "privleak_minkpp_auc",
+                                                                          "minkpp")):
+        ref = reference_auc(ctx.reference, kind)
+        if ref is None:
+            continue
+        if ref == 0:   # relative to 0: undefined. NaN, which the tables show as `missing` (never 0, never a crash)
+            log.warning("%s not computable: the retrain oracle's AUC is 0 (PrivLeak is relative to it)", name)
+            metrics[name] = float("nan")
+        else:
+            metrics[name] = privleak(metrics[auc_name], ref)
     return metrics, items

@@ -154,9 +154,12 @@ def _read_evals(bench: Path, rows: _Rows, scored: list[tuple[str, str, str, dict
                 continue  # cost comes from run.json (one source per number)
             note = "" if raw[name] is None or not math.isnan(value) else "non-numeric or non-finite value"
             row_status, n = status, n_items.get(name)
+            if math.isnan(value) and row_status == "ok":   # no number: a visible `missing`, never an ok blank
+                row_status = "missing"
+                note = f"{NOT_COMPUTABLE}: no finite value in metrics.json" + (f" ({note})" if note else "")
             if empty and _is_rate(name):  # a rate over nothing: not a measured 0 (nor a perfect defence)
                 value, row_status, n, note = math.nan, "missing", 0, f"{NOT_COMPUTABLE}: nothing was judged (n_items = 0)"
-            elif name == "privleak" and "privleak_auc_retrain_published" in metrics:
+            elif name == "privleak" and "privleak_auc_retrain_published" in metrics and not math.isnan(value):
                 note = ("AUC_retrain: published MUSE constant (no retrain oracle)"
                         if metrics["privleak_auc_retrain_published"] == 1.0 else "AUC_retrain: this run's retrain oracle")
             rows.add(model_id, attack, aparams, name, value, row_status, n, judge, note)
