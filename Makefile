@@ -106,7 +106,7 @@ test: setup
 
 # everything not marked `slow` (no Snakemake pipeline run): unit tests, the fast reliability and integration ones
 test-fast: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m "not slow" tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 # RU_REQUIRE_SLURM: a cluster that cannot be installed or started fails here instead of skipping
 test-slurm: setup
