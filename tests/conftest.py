@@ -111,8 +111,8 @@ def reference_run(tmp_path_factory) -> Run:
     """The miniature config from scratch, networking blocked for every process (private network namespace when
     the kernel allows it, and a sitecustomize guard that refuses and records any connection), a fake API key
     planted in the environment. RU_RELIABILITY_REFERENCE=<dir> keeps it in <dir> and reuses it next time (for
-    work on the suite itself; the Makefile never sets it). Under xdist the two workers share one run in the common
-    base temp dir: the first to ask makes it while holding a file lock, the other waits on the lock."""
+    work on the suite itself; the Makefile never sets it). Under xdist the workers share one run in the common
+    base temp dir: the first to ask makes it while holding a file lock, the others wait on the lock."""
     keep = os.environ.get("RU_RELIABILITY_REFERENCE")  # developing the suite: keep this run between sessions
     if not keep and XDIST_WORKER:   # both workers share one run: the base temp dir's parent is common to them
         keep = str(tmp_path_factory.getbasetemp().parent / "shared_reference_run")

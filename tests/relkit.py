@@ -163,8 +163,8 @@ def snakemake_env(extra: dict | None = None) -> dict:
 
 #: the model-training rules ask for 2 threads; in the suite they get 1. `make test` runs lanes side by side on
 #: 2 cores (tests/conftest.py), and a 2-thread torch job that shares its cores with another process stalls at every
-#: parallel region: the base model took 350 s instead of 109 s. One thread each, base model and oracle train side
-#: by side instead.
+#: parallel region: the base model took 350 s instead of 109 s. (The oracle still trains after the base model: it
+#: trains for the epochs the base model needed.)
 ONE_THREAD = ["--set-threads", "cache_base_model=1", "train_retrain_oracle=1", "cache_pretrained_model=1"]
 
 
