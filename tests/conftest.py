@@ -26,27 +26,32 @@ import torch
 from robust_unlearning.models.architectures import build_llama
 from robust_unlearning.models.tokenizer import train_bpe_tokenizer
 
-# `make test` runs three xdist workers side by side on 2 cores ("three lanes" below): one intra-op thread each
+# `make test` runs four xdist workers side by side on 2 cores ("four lanes" below): one intra-op thread each
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 torch.set_num_threads(1 if XDIST_WORKER else max(1, min(2, os.cpu_count() or 1)))
 
-# ---- three lanes for `make test` (pytest -n 3 --dist loadgroup --no-loadscope-reorder; docs/architecture.md, "Tests")
+# ---- four lanes for `make test` (pytest -n 4 --dist loadgroup --no-loadscope-reorder; docs/architecture.md, "Tests")
 # Most of the suite's time is Snakemake pipeline runs, each of which keeps ~1.7 of 2 cores busy, and the SLURM test,
-# which mostly waits on the cluster; the rest is short single-threaded tests. Three xdist workers, one per lane, keep
-# the 2 cores busy. Lane "pipeline": the tests of the session's shared runs (the reference run, the all-methods run,
+# which mostly waits on the cluster; the rest is short single-threaded tests. One xdist worker per lane keeps the
+# 2 cores busy. Lane "pipeline": the tests of the session's shared runs (the reference run, the all-methods run,
 # the SIGTERM run), so that each run is made once, by one worker. Lane "seeded": the tests that make runs of their
 # own seeded with the reference's data and models (SLURM, keep-going, the SIGKILL run), SLURM first: its first tests
-# need no reference, so the cluster starts while the reference run is made. Lane "rest": everything else, at a lower CPU priority,
-# filling what the other two leave idle. The reference run is shared between workers through a file lock
-# (``reference_run``). Without xdist the markers are inert.
-REST_LANE_NICE = 10
+# need no reference, so the cluster starts while the reference run is made. Lanes "unit" (tests/unit, integration,
+# e2e) and "checks" (tests/reliability): everything else, at a lower CPU priority, filling what the other two leave
+# idle; two of them, so that when the pipeline lanes are done the remaining tests still use both cores. The
+# reference run is shared between workers through a file lock (``reference_run``). Without xdist the markers are
+# inert.
+NICED_LANES = ("unit", "checks")
+NICED_LANE_NICE = 10
 
 
 def _lane(item) -> str:
     names = item.fixturenames
     if "tests/slurm/" in item.nodeid or "killed_run" in names or "test_keep_going" in item.nodeid:
         return "seeded"
-    return "pipeline" if "reference_run" in names else "rest"
+    if "reference_run" in names:
+        return "pipeline"
+    return "checks" if item.nodeid.startswith("tests/reliability/") else "unit"
 
 
 def pytest_itemcollected(item):   # during collection, so that xdist's own modifyitems hook sees the marker
@@ -55,10 +60,10 @@ def pytest_itemcollected(item):   # during collection, so that xdist's own modif
 
 def pytest_runtest_setup(item):
     # the pipeline lane is the critical path (base model, then the oracle trained for as many epochs, then every
-    # job after them): the rest lane, whose tests are independent, runs at a lower CPU priority and fills what the
+    # job after them): the niced lanes, whose tests are independent, run at a lower CPU priority and fill what the
     # other lanes leave idle. Subprocesses inherit the niceness; it only matters while lanes run side by side.
-    if XDIST_WORKER and _lane(item) == "rest" and os.getpriority(os.PRIO_PROCESS, 0) < REST_LANE_NICE:
-        os.setpriority(os.PRIO_PROCESS, 0, REST_LANE_NICE)
+    if XDIST_WORKER and _lane(item) in NICED_LANES and os.getpriority(os.PRIO_PROCESS, 0) < NICED_LANE_NICE:
+        os.setpriority(os.PRIO_PROCESS, 0, NICED_LANE_NICE)
 
 
 def pytest_collection_modifyitems(config, items):
