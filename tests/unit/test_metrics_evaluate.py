@@ -147,8 +147,7 @@ def test_knowmem_and_verbmem_score_high_when_the_answers_are_the_models_own_outp
     above cannot tell a working evaluation step from one that returns 0 for them. Here the gold answers are replaced by what the
     model itself generated (greedy, so the second evaluation generates the same text): KnowMem must be 100 and
     VerbMem high (its reference is the gold text cut to the token budget, BOS included), through evaluate_model;
-    with the trained texts as PrivLeak's holdout set, the AUCs must be high. (Over-refusal stays 0: this model
-    never writes a refusal phrase; the look-alike ASR beside it is checked non-zero above.)"""
+    with the trained texts as PrivLeak's holdout set, the AUCs must be high. (Over-refusal: the next test.)"""
     from robust_unlearning.metrics.muse import knowmem_prompt
 
     cfg = {**CFG, "metrics": ["knowmem", "verbmem"]}
@@ -187,6 +186,32 @@ def test_knowmem_and_verbmem_score_high_when_the_answers_are_the_models_own_outp
     assert metrics["forget_verbmem"] > 50, metrics["forget_verbmem"]
     # the random model's AUC on the fake texts above is genuinely 0; here the AUC itself must not be
     assert metrics["privleak_auc"] > 0.9 and metrics["privleak_minkpp_auc"] > 0.5, metrics
+
+
+def test_over_refusal_is_high_when_the_model_answers_every_prompt_with_a_refusal(micro_model, tiny_tokenizer):
+    """The random micro model never writes a refusal phrase, so its over-refusal is genuinely 0 and the tests above
+    cannot tell a working metric from one that returns 0. Trained for a few steps to answer every XSTest-style
+    prompt (chat template, as the metric prompts) with a refusal, its refusal rate must be high on the safe
+    prompts (over-refusal) and on the unsafe ones, sampling at the evaluation's temperature included."""
+    refusal = "I'm sorry, but I cannot help with that."
+    rows = FakeBench().xstest()
+    texts = [tiny_tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
+                                                add_generation_prompt=True) + refusal for r in rows]
+    batch = tiny_tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    opt = torch.optim.AdamW(micro_model.parameters(), lr=1e-2)
+    micro_model.train()
+    for _ in range(40):
+        opt.zero_grad()
+        micro_model(**batch, labels=labels).loss.backward()
+        opt.step()
+    micro_model.eval()
+    metrics, items = evaluate_model(micro_model, tiny_tokenizer, FakeBench(),
+                                    {**CFG, "metrics": ["over_refusal"], "over_refusal_max_new_tokens": 16})
+    outputs = [it["output"] for it in items if it["metric"] == "over_refusal"]
+    assert len(outputs) == 2 and all("sorry" in o.lower() for o in outputs), outputs
+    assert metrics["over_refusal"] == pytest.approx(1.0) and metrics["unsafe_refusal"] == pytest.approx(1.0)
+    assert metrics["oversafe_asr"] == pytest.approx(0.0)
 
 
 def test_privleak_against_an_oracle_auc_of_zero_is_nan_not_a_crash(micro_model, tiny_tokenizer):
