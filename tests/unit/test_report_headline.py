@@ -57,3 +57,21 @@ def test_two_settings_of_one_method_get_a_column_each_and_bad_input_is_named(tmp
     bad = tmp_path / "metrics.csv"
     bad.write_text("not,a,tidy\n1,2,3\n")
     assert main([str(bad)]) == 1 and str(bad) in capsys.readouterr().err
+
+
+def test_readme_block_between_the_markers_is_replaced_and_nothing_else(tmp_path, capsys):
+    csv = tmp_path / "metrics.csv"
+    _table().to_csv(csv, index=False)
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\nbefore\n<!-- headline: start -->\nold table\n| 1 | 2 |\n<!-- headline: end -->\nafter\n")
+    assert main([str(csv), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# title\n\nbefore\n<!-- headline: start -->\n<!-- made by: python -m ")
+    assert text.endswith("<!-- headline: end -->\nafter\n")
+    assert "old table" not in text and headline_table(_table()) in text
+    assert main([str(csv), "--readme", str(readme)]) == 0 and readme.read_text() == text     # idempotent
+    # a file without exactly one pair of markers is named and left as it was
+    readme.write_text("no markers\n")
+    assert main([str(csv), "--readme", str(readme)]) == 1
+    assert str(readme) in capsys.readouterr().err and readme.read_text() == "no markers\n"
+    assert not list(tmp_path.glob(".*.tmp"))

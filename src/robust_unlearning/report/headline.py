@@ -1,24 +1,29 @@
 """The README's headline table, made from a run's tidy table so that it is regenerated, never typed in.
 
-    python -m robust_unlearning.report.headline results/synthetic/tables/metrics.csv
+    python -m robust_unlearning.report.headline results/synthetic/tables/metrics.csv [--readme README.md]
 
 prints one Markdown table: a column per unlearned method (per hyperparameter setting where a method has several),
 rows for forget and retain MCQ accuracy of the clean model, forget MCQ after each relearning setting and under
 GCG. A cell is the mean over the seeds that have an ``ok`` row, followed by ``(n=<seeds>)`` when there are
 several; a cell whose rows are all failed, diverged or missing reads ``missing`` (never 0, never left out), a
 cell the grid does not contain reads ``–``. A caption line gives the base
-model's and the retrain oracle's clean values, the references every column is read against.
+model's and the retrain oracle's clean values, the references every column is read against. With ``--readme``
+the table replaces what lies between the lines ``<!-- headline: start -->`` and ``<!-- headline: end -->`` of
+that file (written to a temporary file, then renamed), with a line naming the run it came from.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 import pandas as pd
 
 from .common import method_key, method_label, params_key, parse_params, setting_label
 
 FORGET, RETAIN = "forget_mcq_acc", "retain_mcq_acc"
+START, END = "<!-- headline: start -->", "<!-- headline: end -->"
 
 
 def _cell(rows: pd.DataFrame) -> str:
@@ -74,16 +79,41 @@ def headline_table(df: pd.DataFrame) -> str:
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
+def replace_block(text: str, block: str, where: str = "the file") -> str:
+    """``text`` with the lines between the START and END marker lines replaced by ``block``."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, ln in enumerate(lines) if ln.strip() == START]
+    ends = [i for i, ln in enumerate(lines) if ln.strip() == END]
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise ValueError(f"{where} needs exactly one line {START!r} followed by one line {END!r}")
+    return "".join(lines[:starts[0] + 1]) + block.rstrip("\n") + "\n" + "".join(lines[ends[0]:])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m robust_unlearning.report.headline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("metrics_csv", help="a run's tidy table, e.g. results/synthetic/tables/metrics.csv")
+    parser.add_argument("--readme", metavar="FILE", help="write the table between the headline markers of FILE "
+                        "(e.g. README.md) instead of printing it")
     args = parser.parse_args(argv)
     try:
         df = pd.read_csv(args.metrics_csv, keep_default_na=False)
-        sys.stdout.write(headline_table(df))
+        table = headline_table(df)
     except (OSError, ValueError, KeyError) as err:
         print(f"{args.metrics_csv}: {err}", file=sys.stderr)
+        return 1
+    if not args.readme:
+        sys.stdout.write(table)
+        return 0
+    readme = Path(args.readme)
+    try:
+        source = f"<!-- made by: python -m robust_unlearning.report.headline {args.metrics_csv} --readme {readme} -->"
+        text = replace_block(readme.read_text(encoding="utf-8"), source + "\n" + table, str(readme))
+        tmp = readme.with_name(f".{readme.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, readme)
+    except (OSError, ValueError) as err:
+        print(f"{readme}: {err}", file=sys.stderr)
         return 1
     return 0
 
