@@ -24,7 +24,7 @@ def test_readable_labels():
     assert F.readable_label("prism", "gamma-mode~relative_gamma-target~0") == "PRISM w/o probe"
     assert F.readable_label("prism", "gamma-mode~relative_gamma-target~1") == "PRISM (rel. γ)"
     assert F.readable_label("sam_npo", "lr~1e-3_rho~0.01") == "SAM+NPO"
-    names = F._names([("npo", "lr~1e-3"), ("npo", "lr~3e-3"), ("ga", "lr~2e-4")])
+    names = F.configuration_names([("npo", "lr~1e-3"), ("npo", "lr~3e-3"), ("ga", "lr~2e-4")])
     assert names[("npo", "lr~1e-3")] == "NPO (lr=1e-3)" and names[("ga", "lr~2e-4")] == "GA"
 
 

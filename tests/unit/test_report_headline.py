@@ -51,7 +51,7 @@ def test_two_settings_of_one_method_get_a_column_each_and_bad_input_is_named(tmp
     other = df[df["model_id"] == "unlearn/ga/lr~1e-5/seed~0"].assign(
         params="lr~2e-5", model_id="unlearn/ga/lr~2e-5/seed~0")
     header = headline_table(pd.concat([df, other])).split("\n\n")[1].splitlines()[0]
-    assert header == "| | GA lr=1e-5 | GA lr=2e-5 | **PRISM** |"
+    assert header == "| | GA (lr=1e-5) | GA (lr=2e-5) | **PRISM** |"
     with pytest.raises(ValueError, match="no unlearned model"):
         headline_table(df[~df["model_id"].str.startswith("unlearn/")])
     bad = tmp_path / "metrics.csv"

@@ -10,7 +10,7 @@ import math
 import re
 
 from ..config.grid import param_string, parse_param_string
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -149,6 +149,48 @@ def setting_label(attack: str, attack_params: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- sort keys
+def _is_zero(text: str | None) -> bool:
+    try:
+        return float(text) == 0.0
+    except (TypeError, ValueError):
+        return False
+
+
+def readable_label(method: str, params: str) -> str:
+    """``prism`` + ``gamma-max~0_gcd-scope~global_rho~0.01`` → ``PRISM w/o probe``; ablations joined by ", "."""
+    label = method_label(method, params)
+    if method != "prism":
+        return label
+    d = parse_params(params)
+    off = []
+    if _is_zero(d.get("gamma_max")) or _is_zero(d.get("gamma_target")) or d.get("gamma_schedule") == "off":
+        off.append("probe")
+    if _is_zero(d.get("rho")):
+        off.append("SAM")
+    if d.get("gcd_scope") == "none":
+        off.append("GCD")
+    if d.get("gamma_mode") == "relative" and "probe" not in off:
+        label += " (rel. γ)"
+    return label + (" w/o " + ", ".join(off) if off else "")
+
+
+def configuration_names(configs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Names for figure legends and table columns: the readable label, plus the parameters that tell apart
+    configurations sharing a label."""
+    labels = {c: readable_label(*c) for c in configs}
+    out = {}
+    for c, lab in labels.items():
+        same = [o for o in configs if labels[o] == lab]
+        if len(same) == 1:
+            out[c] = lab
+            continue
+        dicts = [parse_params(o[1]) for o in same]
+        keys = [k for k in sorted({k for d in dicts for k in d}) if len({d.get(k) for d in dicts}) > 1]
+        mine = parse_params(c[1])
+        out[c] = f"{lab} ({', '.join(f'{k}={mine.get(k, chr(183))}' for k in keys) or c[1]})"
+    return out
+
+
 def _rank(value: str, order: list[str]) -> tuple[int, str]:
     return (order.index(value), "") if value in order else (len(order), str(value))
 

@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from robust_unlearning.report.common import (  # noqa: E402
-    DEFAULT_PARAMS, METRIC_LABELS, NONE_ATTACK, US_METRICS, attack_key, config_order, method_label,
-    parse_params, setting_label, settings_order)
+    DEFAULT_PARAMS, METRIC_LABELS, NONE_ATTACK, US_METRICS, attack_key, config_order, configuration_names,
+    method_label, parse_params, readable_label, setting_label, settings_order)
 from robust_unlearning.report.tables import Cells, forget_metrics  # noqa: E402
 from robust_unlearning.utils.io import DataFormatError, read_json  # noqa: E402
 
@@ -60,47 +60,6 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     finally:
         plt.close(fig)
     return written
-
-
-def _is_zero(text: str | None) -> bool:
-    try:
-        return float(text) == 0.0
-    except (TypeError, ValueError):
-        return False
-
-
-def readable_label(method: str, params: str) -> str:
-    """``prism`` + ``gamma-max~0_gcd-scope~global_rho~0.01`` → ``PRISM w/o probe``; ablations joined by ", "."""
-    label = method_label(method, params)
-    if method != "prism":
-        return label
-    d = parse_params(params)
-    off = []
-    if _is_zero(d.get("gamma_max")) or _is_zero(d.get("gamma_target")) or d.get("gamma_schedule") == "off":
-        off.append("probe")
-    if _is_zero(d.get("rho")):
-        off.append("SAM")
-    if d.get("gcd_scope") == "none":
-        off.append("GCD")
-    if d.get("gamma_mode") == "relative" and "probe" not in off:
-        label += " (rel. γ)"
-    return label + (" w/o " + ", ".join(off) if off else "")
-
-
-def _names(configs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """Legend names: the readable label, plus the parameters that tell apart configurations sharing a label."""
-    labels = {c: readable_label(*c) for c in configs}
-    out = {}
-    for c, lab in labels.items():
-        same = [o for o in configs if labels[o] == lab]
-        if len(same) == 1:
-            out[c] = lab
-            continue
-        dicts = [parse_params(o[1]) for o in same]
-        keys = [k for k in sorted({k for d in dicts for k in d}) if len({d.get(k) for d in dicts}) > 1]
-        mine = parse_params(c[1])
-        out[c] = f"{lab} ({', '.join(f'{k}={mine.get(k, chr(183))}' for k in keys) or c[1]})"
-    return out
 
 
 # distinct colours (tab10 without its grey, then Dark2); black and grey are the base and retrain references
@@ -175,7 +134,7 @@ def relearning_curves(cells: Cells, out_dir: Path, styles=None) -> list[Path]:
         return []
     configs = [c for c in config_order(sub) if c in set(zip(sub["method"], sub["params"]))]
     styles = styles or _styles(configs)
-    names = _names(configs)
+    names = configuration_names(configs)
     groups: dict[str, list[tuple[float, str]]] = {}  # other params (fraction …) → [(steps, setting)]
     for s in settings:
         d = parse_params(s)
@@ -248,7 +207,7 @@ def tradeoff(cells: Cells, out_dir: Path, styles=None) -> list[Path]:
         log.info("figure tradeoff skipped: needs a clean forget metric and a utility metric")
         return []
     configs = config_order(clean)
-    names, styles = _names(configs), styles or _styles(configs)
+    names, styles = configuration_names(configs), styles or _styles(configs)
     relearn = _strongest_relearn(cells, fx)
     panels = [(NONE_ATTACK, DEFAULT_PARAMS, f"{_mlabel(fx)} clean")]
     if relearn is not None:
@@ -309,7 +268,7 @@ def attack_heatmaps(cells: Cells, out_dir: Path) -> list[Path]:
         if np.isnan(grid).all():
             log.info("figure attack_heatmap_%s skipped: no values", metric)
             continue
-        names = _names(configs)
+        names = configuration_names(configs)
         fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(configs), 0.9 + 0.38 * len(rows)))
         cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
         im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap)
@@ -341,7 +300,7 @@ def prism_ablation_bars(cells: Cells, out_dir: Path) -> list[Path]:
     if not configs or not metrics:
         log.info("figure prism_ablation skipped: no PRISM Unlearn Score results")
         return []
-    names = _names(configs)
+    names = configuration_names(configs)
     labels = [names[c] for c in configs]
     width = 0.8 / len(metrics)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(configs), 3.4))
@@ -407,7 +366,7 @@ def training_terms(logs: pd.DataFrame, out_dir: Path, styles=None) -> list[Path]
         return []
     panels = [p for p in TERM_PANELS if (logs["key"] == p[0]).any()]
     configs = config_order(logs)
-    names, styles = _names(configs), styles or _styles(configs)
+    names, styles = configuration_names(configs), styles or _styles(configs)
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)

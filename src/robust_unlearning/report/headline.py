@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .common import method_key, method_label, params_key, parse_params, setting_label
+from .common import configuration_names, method_key, params_key, parse_params, readable_label, setting_label
 
 FORGET, RETAIN = "forget_mcq_acc", "retain_mcq_acc"
 START, END = "<!-- headline: start -->", "<!-- headline: end -->"
@@ -42,14 +42,11 @@ def headline_table(df: pd.DataFrame) -> str:
     if unlearned.empty:
         raise ValueError("metrics.csv has no unlearned model (model_id unlearn/...): nothing to tabulate")
     settings = sorted({(m, p) for m, p in zip(unlearned["method"], unlearned["params"])},
-                      key=lambda mp: (method_key(mp[0]), params_key(mp[1])))
-    per_method = pd.Series([m for m, _ in settings]).value_counts()
+                      key=lambda mp: (method_key(mp[0]), " w/o " in readable_label(*mp), params_key(mp[1])))
+    names = configuration_names(settings)   # the figures' names: `PRISM w/o probe`, `GA (lr=1e-5)`
 
     def label(method: str, params: str) -> str:
-        name = method_label(method, params)
-        if per_method[method] > 1:   # several settings of one method: say which
-            name += " " + ", ".join(f"{k}={v}" for k, v in parse_params(params).items() if k != "retain_loss")
-        return f"**{name}**" if method == "prism" else name
+        return f"**{names[(method, params)]}**" if method == "prism" else names[(method, params)]
 
     relearn = sorted(unlearned.loc[unlearned["attack"] == "relearn", "attack_params"].unique(),
                      key=lambda p: (float(parse_params(p).get("steps", 0)), params_key(p)))
