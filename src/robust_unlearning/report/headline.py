@@ -9,17 +9,17 @@ several; a cell whose rows are all failed, diverged or missing reads ``missing``
 cell the grid does not contain reads ``–``. A caption line gives the base
 model's and the retrain oracle's clean values, the references every column is read against. With ``--readme``
 the table replaces what lies between the lines ``<!-- headline: start -->`` and ``<!-- headline: end -->`` of
-that file (written to a temporary file, then renamed), with a line naming the run it came from.
+that file (written atomically), with a line naming the run it came from.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from ..utils.io import atomic_write_text
 from .common import configuration_names, method_key, params_key, parse_params, readable_label, setting_label
 
 FORGET, RETAIN = "forget_mcq_acc", "retain_mcq_acc"
@@ -105,10 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     readme = Path(args.readme)
     try:
         source = f"<!-- made by: python -m robust_unlearning.report.headline {args.metrics_csv} --readme {readme} -->"
-        text = replace_block(readme.read_text(encoding="utf-8"), source + "\n" + table, str(readme))
-        tmp = readme.with_name(f".{readme.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, readme)
+        atomic_write_text(readme, replace_block(readme.read_text(encoding="utf-8"), source + "\n" + table,
+                                                str(readme)))
     except (OSError, ValueError) as err:
         print(f"{readme}: {err}", file=sys.stderr)
         return 1
