@@ -142,6 +142,19 @@ def test_every_metric_of_the_evaluation_step_equals_its_own_function(micro_model
     assert metrics["privleak"] != 0 and metrics["repr_margin"] != 0
 
 
+def _fit(model, tokenizer, texts: list[str], steps: int, add_special_tokens: bool = True) -> None:
+    """Full-batch AdamW (lr 1e-2) on ``texts`` for ``steps`` steps, loss on every non-pad token; model left in eval."""
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+    model.eval()
+
+
 def test_knowmem_and_verbmem_score_high_when_the_answers_are_the_models_own_outputs(micro_model, tiny_tokenizer):
     """The random micro model's KnowMem, VerbMem and PrivLeak AUC are genuinely 0 on the fake benchmark, so the test
     above cannot tell a working evaluation step from one that returns 0 for them. Here the gold answers are replaced by what the
@@ -155,15 +168,7 @@ def test_knowmem_and_verbmem_score_high_when_the_answers_are_the_models_own_outp
     # a few steps on the QA texts so that the random model answers in words (untrained, it answers blanks)
     texts = [knowmem_prompt(r["question"], bench.knowmem("forget_qa_icl"), False) + " " + r["answer"]
              for r in bench.knowmem("forget_qa")]
-    batch = tiny_tokenizer(texts, return_tensors="pt", padding=True)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    opt = torch.optim.AdamW(micro_model.parameters(), lr=1e-2)
-    micro_model.train()
-    for _ in range(30):
-        opt.zero_grad()
-        micro_model(**batch, labels=labels).loss.backward()
-        opt.step()
-    micro_model.eval()
+    _fit(micro_model, tiny_tokenizer, texts, steps=30)
     _, items = evaluate_model(micro_model, tiny_tokenizer, bench, cfg)
     by = {}
     for it in items:
@@ -197,15 +202,7 @@ def test_over_refusal_is_high_when_the_model_answers_every_prompt_with_a_refusal
     rows = FakeBench().xstest()
     texts = [tiny_tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
                                                 add_generation_prompt=True) + refusal for r in rows]
-    batch = tiny_tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    opt = torch.optim.AdamW(micro_model.parameters(), lr=1e-2)
-    micro_model.train()
-    for _ in range(40):
-        opt.zero_grad()
-        micro_model(**batch, labels=labels).loss.backward()
-        opt.step()
-    micro_model.eval()
+    _fit(micro_model, tiny_tokenizer, texts, steps=40, add_special_tokens=False)   # the template holds BOS
     metrics, items = evaluate_model(micro_model, tiny_tokenizer, FakeBench(),
                                     {**CFG, "metrics": ["over_refusal"], "over_refusal_max_new_tokens": 16})
     outputs = [it["output"] for it in items if it["metric"] == "over_refusal"]

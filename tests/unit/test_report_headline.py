@@ -75,3 +75,11 @@ def test_readme_block_between_the_markers_is_replaced_and_nothing_else(tmp_path,
     assert main([str(csv), "--readme", str(readme)]) == 1
     assert str(readme) in capsys.readouterr().err and readme.read_text() == "no markers\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "metrics.csv"]       # no temp file left
+
+
+def test_the_caption_says_whether_the_cells_have_a_spread():
+    assert "Mean over seeds (n shown)" in headline_table(_table()).split("\n\n")[0]      # PRISM has two seeds
+    one_seed = _table()
+    one_seed = one_seed[~one_seed["model_id"].str.endswith("seed~1")]
+    caption = headline_table(one_seed).split("\n\n")[0]
+    assert "One seed per cell, so no interval" in caption and "Mean over seeds" not in caption

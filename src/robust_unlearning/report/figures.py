@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 
 from robust_unlearning.report.common import (  # noqa: E402
     DEFAULT_PARAMS, METRIC_LABELS, NONE_ATTACK, US_METRICS, attack_key, config_order, configuration_names,
-    method_label, parse_params, readable_label, setting_label, settings_order)
+    parse_params, readable_label, setting_label, settings_order)
 from robust_unlearning.report.tables import Cells, forget_metrics  # noqa: E402
 from robust_unlearning.utils.io import DataFormatError, read_json  # noqa: E402
 

@@ -73,6 +73,12 @@ def headline_table(df: pd.DataFrame) -> str:
     caption = ("Cloze MCQ accuracy (chance 0.25), clean unless the row names an attack (`–`: not in the grid); "
                f"base model {reference('models/base', FORGET)} forget / {reference('models/base', RETAIN)} retain, "
                f"retrain oracle {reference('models/retrain', FORGET)} / {reference('models/retrain', RETAIN)}.")
+    ok = unlearned[unlearned["status"] == "ok"]
+    if ok.groupby(["method", "params"])["seed"].nunique().max() == 1:   # say so: a lone number has no spread
+        caption += (" One seed per cell, so no interval: differences of a few hundredths are not resolved "
+                    "(seed intervals and paired tests: `tables/paired.csv` of a multi-seed run, e.g. `make study`).")
+    else:
+        caption += " Mean over seeds (n shown); intervals and paired tests: `tables/paired.csv`."
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
