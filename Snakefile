@@ -23,6 +23,19 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
 
 
+# the warm worker of local runs (workflow/rules/common.smk): started once the DAG is built, stopped at the end
+onstart:
+    start_warm_worker()
+
+
+onsuccess:
+    stop_warm_worker()
+
+
+onerror:
+    stop_warm_worker()
+
+
 rule all:
     input:
         all_targets(),

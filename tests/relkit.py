@@ -236,9 +236,11 @@ def pids_in(workdir: Path, *argv_has: str) -> list[int]:
 
 def ru_pids(workdir: Path, subcommand: str, *argv_has: str) -> list[int]:
     """The Python processes of ``ru <subcommand>`` (not their ``bash -c`` wrappers) running in ``workdir``: the
-    venv's ``ru`` script, or ``python -m robust_unlearning.cli.main`` as the rules' ``workflow/bin/ru`` runs it."""
+    venv's ``ru`` script, or ``python -m robust_unlearning.cli.main`` as the rules' ``workflow/bin/ru`` runs it
+    (``robust_unlearning.cli.warm`` when the warm worker runs: that client forwards signals to its job)."""
     return sorted(set(pids_in(workdir, "ru", subcommand, *argv_has))
-                  | set(pids_in(workdir, "robust_unlearning.cli.main", subcommand, *argv_has)))
+                  | set(pids_in(workdir, "robust_unlearning.cli.main", subcommand, *argv_has))
+                  | set(pids_in(workdir, "robust_unlearning.cli.warm", subcommand, *argv_has)))
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

@@ -6,8 +6,9 @@ from robust_unlearning.config import validate_config_cached
 from robust_unlearning.config.grid import attack_settings, has_pretrained, has_retrain, unlearn_runs
 
 # `--config allow_missing=true` arrives as a string (Snakemake parses only `True`/`False` as booleans)
-if str(config.get("allow_missing", "")).lower() in ("true", "yes", "1", "false", "no", "0"):
-    config["allow_missing"] = str(config["allow_missing"]).lower() in ("true", "yes", "1")
+for _switch in ("allow_missing", "warm_worker"):
+    if str(config.get(_switch, "")).lower() in ("true", "yes", "1", "false", "no", "0"):
+        config[_switch] = str(config[_switch]).lower() in ("true", "yes", "1")
 
 try:  # the deep checks import torch (~10 s): once per config and code version, then a marker under .snakemake/
     config = validate_config_cached(config, cache_dir=os.path.join(".snakemake", "ru_validated"))
@@ -274,3 +275,47 @@ def report_category(wildcards):
             return stage
     return "6. Aggregate"
 
+
+
+# ------------------------------------------------------------------------------------------------ warm worker
+# Local runs only: one process imports torch and transformers once and every job forks from it
+# (src/robust_unlearning/cli/warm.py; docs/architecture.md, "The warm worker"). `warm_worker: false` turns it off;
+# it changes no output, so it reruns nothing. Not for cluster executors (the job runs on another machine) and
+# not in a dry run (Snakemake calls no hook then).
+_WARM = {}
+
+
+def start_warm_worker():
+    import subprocess
+    import tempfile
+
+    from robust_unlearning.cli.warm import SOCKET_ENV
+
+    if (not config.get("warm_worker", True) or not workflow.local_exec or workflow.remote_exec
+            or workflow.subprocess_exec or os.environ.get(SOCKET_ENV)):
+        return
+    folder = tempfile.mkdtemp(prefix="ru-warm-")  # private (0700): only this user can reach the socket
+    path = os.path.join(folder, "socket")
+    os.makedirs(f"{B}/logs", exist_ok=True)
+    log = open(f"{B}/logs/warm_worker.log", "w", encoding="utf-8")
+    env = {**os.environ, SOCKET_ENV: path}
+    # its own session: Ctrl-C reaches each job once, through the job's `ru` (which forwards it)
+    serve = [os.path.join(workflow.basedir, "workflow", "bin", "ru"), "--serve", path, "--parent", str(os.getpid())]
+    proc = subprocess.Popen(serve, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    log.close()
+    os.environ[SOCKET_ENV] = path  # the jobs Snakemake starts from now on inherit it
+    _WARM.update(proc=proc, folder=folder)
+
+
+def stop_warm_worker():
+    import shutil
+
+    proc = _WARM.pop("proc", None)
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except Exception:  # noqa: BLE001 - it must not outlive the run
+        proc.kill()
+    shutil.rmtree(_WARM.pop("folder"), ignore_errors=True)
