@@ -501,22 +501,36 @@ def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool) -> tu
     An empty context (without BOS) is conditioned on BOS, or EOS when the tokenizer has no BOS (lm-eval uses the
     end-of-text token there).
     """
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces > 0:
-        continuation = context[-n_spaces:] + continuation
-        context = context[:-n_spaces]
-    whole = list(tokenizer(context + continuation, add_special_tokens=False)["input_ids"])
-    ctx = list(tokenizer(context, add_special_tokens=False)["input_ids"])
-    if whole[:len(ctx)] != ctx:  # merge across the boundary: fall back to separate encodings
-        cont = list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
-    else:
-        cont = whole[len(ctx):]
-    if add_bos and tokenizer.bos_token_id is not None:
-        ctx = [int(tokenizer.bos_token_id)] + ctx
-    if not ctx:
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        ctx = [int(start)]
-    return ctx, cont
+    return encode_pairs(tokenizer, [(context, continuation)], add_bos)[0]
+
+
+def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], add_bos: bool) -> list[tuple[list[int], list[int]]]:
+    """:func:`encode_pair` for many pairs, each distinct string tokenised once in one batched call (an MCQ's four
+    options share one context; one tokenizer call per string costs more than the model on a tiny model)."""
+    moved = []
+    for context, continuation in pairs:
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces > 0:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        moved.append((context, continuation))
+    texts = sorted({t for c, x in moved for t in (c, c + x, x)})
+    encoded = dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+    bos = tokenizer.bos_token_id
+    out = []
+    for context, continuation in moved:
+        whole, ctx = list(encoded[context + continuation]), list(encoded[context])
+        if whole[:len(ctx)] != ctx:  # merge across the boundary: fall back to separate encodings
+            cont = list(encoded[continuation])
+        else:
+            cont = whole[len(ctx):]
+        if add_bos and bos is not None:
+            ctx = [int(bos)] + ctx
+        if not ctx:
+            start = bos if bos is not None else tokenizer.eos_token_id
+            ctx = [int(start)]
+        out.append((ctx, cont))
+    return out
 
 
 def _right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -529,6 +543,15 @@ def _right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Ten
     return ids, attn
 
 
+def accepts_logits_to_keep(model) -> bool:
+    """Whether ``model.forward`` takes ``logits_to_keep`` (transformers' causal LMs do): the output layer, a vocabulary
+    wide matrix product that is half the compute of a tiny model, then runs only at the positions asked for."""
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @torch.inference_mode()
 def score_continuations(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int = 32,
                         progress: bool | None = None) -> list[ContinuationScore]:
@@ -536,7 +559,8 @@ def score_continuations(model, tokenizer, pairs: Sequence[tuple[list[int], list[
 
     Pairs whose continuation is a single token and that share a context are scored from ONE row (the context
     alone): letter MCQ (" A".." D") then costs one forward per question instead of four, as in lm-eval.
-    Over-long rows are left-truncated to the model context, keeping the continuation.
+    Over-long rows are left-truncated to the model context, keeping the continuation. The output layer runs only at
+    the positions that predict a continuation token (``logits_to_keep``), with the same values to float rounding.
     """
     max_pos = _max_positions(model)
     rows: list[list[int]] = []
@@ -565,6 +589,7 @@ def score_continuations(model, tokenizer, pairs: Sequence[tuple[list[int], list[
     out: list[ContinuationScore | None] = [None] * len(pairs)
     device = model_device(model)
     pad = _pad_id(tokenizer)
+    keep_positions = accepts_logits_to_keep(model)
     was_training = model.training
     model.eval()
     bar = _progress(len(rows), "loglik", progress)
@@ -572,7 +597,6 @@ def score_continuations(model, tokenizer, pairs: Sequence[tuple[list[int], list[
     def run(batch: list[int]) -> None:
         """One batch (split in halves by ``run_batches`` if it runs out of accelerator memory)."""
         ids, attn = _right_pad([rows[i] for i in batch], pad)
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
         b_idx, p_idx, tgt, owner = [], [], [], []
         for r, i in enumerate(batch):
             for (k, start, cont) in row_reqs[i]:
@@ -581,6 +605,14 @@ def score_continuations(model, tokenizer, pairs: Sequence[tuple[list[int], list[
                     p_idx.append(start + j)
                     tgt.append(t)
                     owner.append(k)
+        if keep_positions:  # the output layer only where a continuation token is predicted (the model's own head)
+            positions = sorted(set(p_idx))
+            column = {p: c for c, p in enumerate(positions)}
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device),
+                           logits_to_keep=torch.tensor(positions, device=device)).logits
+            p_idx = [column[p] for p in p_idx]
+        else:
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
         sel = logits[torch.tensor(b_idx, device=logits.device), torch.tensor(p_idx, device=logits.device)]
         lp = torch.log_softmax(sel.float(), dim=-1)
         tgt_t = torch.tensor(tgt, device=lp.device)
@@ -610,7 +642,7 @@ def sequence_logprobs(model, tokenizer, contexts: Sequence[str], continuations: 
     """Batched Σ log p(continuation | context) per (context, continuation) string pair (lm-eval encoding)."""
     if len(contexts) != len(continuations):
         raise ValueError("contexts and continuations differ in length")
-    pairs = [encode_pair(tokenizer, c, x, add_bos) for c, x in zip(contexts, continuations)]
+    pairs = encode_pairs(tokenizer, list(zip(contexts, continuations)), add_bos)
     return [s.logprob for s in score_continuations(model, tokenizer, pairs, batch_size=batch_size, progress=progress)]
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .generation import encode_pair, score_continuations
+from .generation import encode_pairs, score_continuations
 from .registry import EvalContext, item_id, record, register_metric
 
 LETTERS = string.ascii_uppercase
@@ -103,7 +103,7 @@ def score_mcq(model, tokenizer, rows: Sequence[dict], mode: str, add_bos: bool, 
     """
     if mode not in ("cloze", "letter"):
         raise ValueError(f"mcq mode must be cloze or letter, got {mode!r}")
-    pairs, spans, contexts = [], [], []
+    text_pairs, owners, spans, contexts = [], [], [], []
     for row in rows:
         choices = list(row["choices"])
         if mode == "cloze":
@@ -113,12 +113,14 @@ def score_mcq(model, tokenizer, rows: Sequence[dict], mode: str, add_bos: bool, 
             ctx = letter_prompt(row["question"], choices, row.get("subject") or subject)
             conts = [" " + LETTERS[i] for i in range(len(choices))]
         contexts.append(ctx)
-        spans.append((len(pairs), len(choices)))
-        for c in conts:
-            ctx_ids, cont_ids = encode_pair(tokenizer, ctx, c, add_bos)
-            if edit_context is not None:
-                ctx_ids = list(edit_context(row, mode, ctx, ctx_ids, add_bos))
-            pairs.append((ctx_ids, cont_ids))
+        spans.append((len(text_pairs), len(choices)))
+        text_pairs += [(ctx, c) for c in conts]
+        owners += [row] * len(conts)
+    pairs = []
+    for row, (ctx, _), (ctx_ids, cont_ids) in zip(owners, text_pairs, encode_pairs(tokenizer, text_pairs, add_bos)):
+        if edit_context is not None:
+            ctx_ids = list(edit_context(row, mode, ctx, ctx_ids, add_bos))
+        pairs.append((ctx_ids, cont_ids))
     scores = score_continuations(model, tokenizer, pairs, batch_size=batch_size, progress=progress)
     out = []
     for row, ctx, (start, n) in zip(rows, contexts, spans):
