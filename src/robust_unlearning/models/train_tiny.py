@@ -9,7 +9,6 @@ batched forward suffices.
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,24 +33,20 @@ class TinyTrainConfig:
     early_stop_qa_em: float = 0.95
     seed: int = 0
     fixed_epochs: int | None = None   # the oracle trains exactly as many epochs as the target did
-    # batches of similar length (shuffled within groups of 50 batches, then batch order shuffled): the mixture's
-    # QA lines (~10 tokens) and documents (up to ~90) in one random batch are three quarters padding
-    group_by_length: bool = True
 
 
-def length_grouped(n_examples: int, lengths: list[int], batch_size: int, seed: int, group: int = 50) -> list[list[int]]:
-    """One epoch of batches (lists of example indices) in a seeded order: a shuffle, then each run of
-    ``group * batch_size`` examples sorted by length and cut into batches, then the batch order shuffled."""
-    rng = random.Random(seed)
-    order = list(range(n_examples))
-    rng.shuffle(order)
-    out: list[list[int]] = []
-    span = group * batch_size
-    for i in range(0, len(order), span):
-        chunk = sorted(order[i:i + span], key=lambda j: lengths[j])
-        out += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
-    rng.shuffle(out)
-    return out
+MICRO_BATCH = 8
+
+
+def length_sorted_micro_batches(chunk: list[dict], pad_id: int, size: int = MICRO_BATCH) -> list[dict]:
+    """One training batch as padded micro-batches of ``size`` examples of similar length.
+
+    The batch itself (which examples, one optimizer step) is unchanged; only its padding is: the mixture's QA lines
+    (~10 tokens) and documents (up to ~90) in one padded batch are three quarters padding. (Batches grouped by
+    length ACROSS the epoch were tried and rejected: the retrain oracle then learned its retain facts far more
+    slowly, docs/findings.md.)"""
+    ordered = sorted(chunk, key=lambda e: len(e["input_ids"]))
+    return [pad_batch(ordered[i:i + size], pad_id) for i in range(0, len(ordered), size)]
 
 
 @torch.inference_mode()
@@ -78,37 +73,32 @@ def train_from_scratch(model, tokenizer, examples: list[dict], cfg: TinyTrainCon
     seed_everything(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     epochs = cfg.fixed_epochs or cfg.epochs
-    lengths = [len(e["input_ids"]) for e in examples]
-
-    def epoch_batches(epoch: int) -> list[list[dict]]:
-        seed = cfg.seed * 1000 + epoch
-        if cfg.group_by_length:
-            return [[examples[j] for j in b] for b in length_grouped(len(examples), lengths, cfg.batch_size, seed)]
-        return list(batches(examples, cfg.batch_size, seed=seed))
-
-    steps_per_epoch = len(epoch_batches(1))
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = epochs * steps_per_epoch
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    history, tokens, padded, t0 = [], 0, 0, time.perf_counter()
+    history, tokens, t0 = [], 0, time.perf_counter()
     epoch = 0
     for epoch in range(1, epochs + 1):
         model.train()
         losses = []
-        bar = tqdm(epoch_batches(epoch), total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}",
-                   disable=not progress, leave=False)
+        bar = tqdm(batches(examples, cfg.batch_size, seed=cfg.seed * 1000 + epoch), total=steps_per_epoch,
+                   desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
         for chunk in bar:
-            b = pad_batch(chunk, tokenizer.pad_token_id)
-            loss = model(**b).loss
+            micro = length_sorted_micro_batches(chunk, tokenizer.pad_token_id)
+            n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+            loss = 0.0
+            for b in micro:  # Σ token losses / the whole batch's token count: the same step as one padded batch
+                part = model(**b, num_items_in_batch=n_targets).loss
+                part.backward()
+                loss += part.detach()
+                tokens += int(b["attention_mask"].sum())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"base-model training diverged at epoch {epoch}: loss {loss.item()}")
-            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
-            tokens += int(b["attention_mask"].sum())
-            padded += b["attention_mask"].numel()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         em = {name: greedy_exact_match(model, tokenizer, pairs) for name, pairs in qa_checks.items()}
         rec = {"epoch": epoch, "loss": sum(losses) / len(losses), "qa_exact_match": em,
@@ -122,5 +112,4 @@ def train_from_scratch(model, tokenizer, examples: list[dict], cfg: TinyTrainCon
     elapsed = time.perf_counter() - t0
     return {"epochs_trained": epoch, "history": history, "final_qa_exact_match": history[-1]["qa_exact_match"],
             "tokens_per_s": tokens / max(elapsed, 1e-9), "train_seconds": elapsed,
-            "padding_fraction": 1 - tokens / max(padded, 1), "group_by_length": cfg.group_by_length,
             "n_examples": len(examples)}
