@@ -93,6 +93,30 @@ def test_score_continuations_matches_direct(micro_model, tiny_tokenizer):
         assert abs(got - want) < 1e-4
 
 
+def test_scores_are_the_same_with_and_without_logits_to_keep(micro_model, tiny_tokenizer):
+    """The output layer only at the continuation positions (``logits_to_keep``) or at every position (a model whose
+    forward does not take it): the same log-probabilities."""
+    from robust_unlearning.metrics.generation import accepts_logits_to_keep
+
+    class FullLogits(torch.nn.Module):  # the same model behind a forward without ``logits_to_keep``
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    ctxs = ["Question: What is the host?\nAnswer:", "The town", "Answer:"]
+    conts = [" glass heron", " of Orlinde lies", " A"]
+    pairs = [encode_pair(tiny_tokenizer, c, x, add_bos=True) for c, x in zip(ctxs, conts)]
+    wrapped = FullLogits(micro_model)
+    assert accepts_logits_to_keep(micro_model) and not accepts_logits_to_keep(wrapped)
+    kept = score_continuations(micro_model, tiny_tokenizer, pairs, batch_size=8)
+    full = score_continuations(wrapped, tiny_tokenizer, pairs, batch_size=8)
+    assert [(round(a.logprob, 4), a.n_tokens, a.is_greedy) for a in kept] == \
+        [(round(b.logprob, 4), b.n_tokens, b.is_greedy) for b in full]
+
+
 def test_single_token_continuations_share_one_row(micro_model, tiny_tokenizer):
     ctx, _ = encode_pair(tiny_tokenizer, "Answer:", " A", add_bos=False)
     pairs = [(ctx, [t]) for t in (5, 6, 7, 8)]

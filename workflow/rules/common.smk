@@ -310,9 +310,12 @@ def start_warm_worker():
 def stop_warm_worker():
     import shutil
 
+    from robust_unlearning.cli.warm import SOCKET_ENV
+
     proc = _WARM.pop("proc", None)
     if proc is None:
         return
+    os.environ.pop(SOCKET_ENV, None)  # a later run in this process (Snakemake's API) starts its own
     proc.terminate()
     try:
         proc.wait(timeout=10)

@@ -169,7 +169,8 @@ def serve(path: str, parent: int) -> int:
         listener.close()
         try:
             os.unlink(path)
-        except FileNotFoundError:
+            os.rmdir(os.path.dirname(path))  # the private folder Snakemake made for it, even after a killed run
+        except OSError:  # gone already, or a folder that holds other files (kept)
             pass
     return 0
 
