@@ -63,6 +63,35 @@ def test_batched_greedy_equals_batch1_and_manual(micro_model, tiny_tokenizer):
     assert len(set(batched)) > 1  # the check is not vacuous
 
 
+def test_stop_strings_end_rows_early_without_changing_the_cut_output(micro_model, tiny_tokenizer):
+    """A row that reaches a stop string ends there (the completing token kept); the text before the first stop
+    string is that of the full-length output, batched equals batch 1, and the batch-1 check accepts it."""
+    from robust_unlearning.metrics.generation import generate_tokens, verified_generate
+
+    model = _sharpen(micro_model)
+    _, long, _ = generate_tokens(model, tiny_tokenizer, PROMPTS, 16, batch_size=4)
+    full = [decode(tiny_tokenizer, c.ids) for c in long]
+    # stop strings the model does produce: a short piece from the middle of two of the outputs
+    stops = [o[len(o) // 2: len(o) // 2 + 2] for o in full if len(o) >= 6][:2]
+    assert stops
+
+    def before(text):
+        cut = min((text.find(s) for s in stops if s in text), default=len(text))
+        return text[:cut]
+
+    _, conts, _ = generate_tokens(model, tiny_tokenizer, PROMPTS, 16, batch_size=4, stop_strings=stops)
+    short = [decode(tiny_tokenizer, c.ids) for c in conts]
+    assert [before(s) for s in short] == [before(f) for f in full]
+    ended = [c for c in conts if c.by_string]
+    assert ended and all(any(s in decode(tiny_tokenizer, c.ids) for s in stops) for c in ended)
+    assert all(not any(s in decode(tiny_tokenizer, c.ids[:-1]) for s in stops) for c in ended)  # the first one
+    assert sum(len(c.ids) for c in conts) < sum(len(c.ids) for c in long)
+    assert generate(model, tiny_tokenizer, PROMPTS, 16, batch_size=1, stop_strings=stops) == short
+    outs, used = verified_generate(model, tiny_tokenizer, PROMPTS, 16, batch_size=4, verify_n=len(PROMPTS),
+                                   stop_strings=stops)
+    assert outs == short and used == 4
+
+
 def test_sampling_is_seeded_per_item(micro_model, tiny_tokenizer):
     model = _sharpen(micro_model, 2.0)
     a = generate(model, tiny_tokenizer, PROMPTS, 8, do_sample=True, temperature=0.7, batch_size=4, seed=3)

@@ -67,11 +67,7 @@ rule train_retrain_oracle:
         f"{B}/benchmarks/train_retrain_oracle.tsv"
     conda:
         "../../envs/core.yaml"
-    # One thread, started first: it runs beside the unlearning jobs, which need only the base model. A model
-    # this small gains 1.4x from a second thread (docs/findings.md, "Making the default faster"), so two jobs of
-    # one thread each finish sooner than the oracle alone on both cores; every evaluation waits for its numbers.
-    priority: 10
-    threads: 1
+    threads: 2
     resources:
         mem_mb=8000,
         runtime=120,

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria,
+                          StoppingCriteriaList)
 
 from ..models.tokenizer import stop_token_ids
 from ..utils.repro import derive_seed
@@ -212,7 +213,36 @@ def _prefix_cache(model, prefix: list[int], device):
 @dataclass
 class Continuation:
     ids: list[int]          # generated token ids, the stop token excluded
-    stop: int | None        # the stop token that ended the row (None: it ran to max_new_tokens)
+    stop: int | None        # the stop token that ended the row (None: a stop string or max_new_tokens ended it)
+    by_string: bool = False  # a stop string ended the row: ``ids`` ends with the token that completed it
+
+
+class StopOnStrings(StoppingCriteria):
+    """A row is finished once its decoded new tokens contain one of ``strings``.
+
+    For a caller that keeps only the text before the first such string (KnowMem's cut), the tokens after it
+    cannot change the result, so generating them is wasted; rows that stop early also let the batch end early.
+    """
+
+    def __init__(self, tokenizer, strings: Sequence[str], start: int):
+        self.tokenizer, self.strings, self.start = tokenizer, tuple(strings), int(start)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start:].tolist(), skip_special_tokens=True,
+                                            clean_up_tokenization_spaces=False)
+        return torch.tensor([any(s in t for s in self.strings) for t in texts], dtype=torch.bool,
+                            device=input_ids.device)
+
+
+def _cut_row(tokenizer, toks: list[int], stop_set: set[int], stop_strings: Sequence[str]) -> Continuation:
+    """The row as batch 1 would have produced it: up to its first stop token (excluded) or up to the token that
+    completes a stop string (included), whichever comes first; the padding generate adds after either is dropped."""
+    for j, t in enumerate(toks):
+        if t in stop_set:
+            return Continuation(toks[:j], t)
+        if stop_strings and any(s in decode(tokenizer, toks[:j + 1]) for s in stop_strings):
+            return Continuation(toks[:j + 1], None, by_string=True)
+    return Continuation(toks, None)
 
 
 def _prepare_prompt_ids(model, tokenizer, prompts, max_new_tokens, add_special_tokens, chat) -> list[list[int]]:
@@ -236,7 +266,8 @@ def generate_tokens(model, tokenizer, prompts: Sequence, max_new_tokens: int, do
                     temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32, seed: int = 0,
                     add_special_tokens: bool = True, stop_ids: Sequence[int] | None = None, chat: bool = False,
                     seeds: Sequence[int] | None = None, progress: bool | None = None,
-                    share_prefix: bool = False) -> tuple[list[list[int]], list[Continuation], int]:
+                    share_prefix: bool = False, stop_strings: Sequence[str] | None = None,
+                    ) -> tuple[list[list[int]], list[Continuation], int]:
     """(prompt token ids, continuation per prompt, largest batch size that ran); see ``generate``."""
     prompts = list(prompts)
     if not prompts:
@@ -281,16 +312,13 @@ def generate_tokens(model, tokenizer, prompts: Sequence, max_new_tokens: int, do
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(batch))
             extra[cache_kw] = cache
+        if stop_strings:
+            extra["stopping_criteria"] = StoppingCriteriaList([StopOnStrings(tokenizer, stop_strings, width)])
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device),
                              generation_config=gen_cfg, logits_processor=processors, **extra)
         new = out[:, width:].tolist()
         for r, i in enumerate(batch):
-            toks, stop = new[r], None
-            for j, t in enumerate(toks):
-                if t in stop_set:
-                    toks, stop = toks[:j], t
-                    break
-            results[i] = Continuation(toks, stop)
+            results[i] = _cut_row(tokenizer, new[r], stop_set, stop_strings or ())
         bar.update(len(batch))
 
     try:
@@ -306,7 +334,8 @@ def generate(model, tokenizer, prompts: Sequence, max_new_tokens: int, do_sample
              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32, seed: int = 0,
              add_special_tokens: bool = True, stop_ids: Sequence[int] | None = None, chat: bool = False,
              seeds: Sequence[int] | None = None, clean_up_tokenization_spaces: bool = False,
-             progress: bool | None = None, share_prefix: bool = False) -> list[str]:
+             progress: bool | None = None, share_prefix: bool = False,
+             stop_strings: Sequence[str] | None = None) -> list[str]:
     """Generate a continuation for every prompt, batched with left padding; outputs in the prompts' order.
 
     - stops on ``stop_ids`` (default: EOS and ``<|end|>`` via ``models.tokenizer.stop_token_ids``);
@@ -314,12 +343,14 @@ def generate(model, tokenizer, prompts: Sequence, max_new_tokens: int, do_sample
     - ``do_sample``: per-item seeds ``seeds[i]`` or ``derive_seed(seed, i)`` (i = index in ``prompts``);
     - prompts longer than the model context minus ``max_new_tokens`` are left-truncated (multi-turn rule,
       docs/evaluation.md, "Multi-turn") with a warning;
-    - ``share_prefix``: encode the prompts' common token prefix once and reuse its key/value cache.
+    - ``share_prefix``: encode the prompts' common token prefix once and reuse its key/value cache;
+    - ``stop_strings``: a row also ends with the token that completes one of these strings in its decoded output
+      (that token is kept): for callers that cut the output at the first such string, the same result sooner.
     """
     _, conts, _ = generate_tokens(model, tokenizer, prompts, max_new_tokens, do_sample=do_sample,
                                   temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
                                   add_special_tokens=add_special_tokens, stop_ids=stop_ids, chat=chat, seeds=seeds,
-                                  progress=progress, share_prefix=share_prefix)
+                                  progress=progress, share_prefix=share_prefix, stop_strings=stop_strings)
     return [decode(tokenizer, c.ids, clean_up_tokenization_spaces) for c in conts]
 
 
@@ -366,7 +397,8 @@ def verdict_dir() -> Path:
     return Path(root) / "batch_verdicts"
 
 
-def verdict_key(model, batch_size: int, max_new_tokens: int, share_prefix: bool) -> tuple[str | None, bool]:
+def verdict_key(model, batch_size: int, max_new_tokens: int, share_prefix: bool,
+                stop_strings: Sequence[str] | None = None) -> tuple[str | None, bool]:
     """(key, persistent): the key names the model and every setting the verdict depends on; ``persistent`` only
     for a model loaded from a folder with a weights manifest (others are remembered in this process only)."""
     fp = model_fingerprint(model)
@@ -378,6 +410,8 @@ def verdict_key(model, batch_size: int, max_new_tokens: int, share_prefix: bool)
     settings = {"model": fp, "dtype": dtype, "device": model_device(model).type, "batch_size": int(batch_size),
                 "max_new_tokens": int(max_new_tokens), "padding_side": "left", "share_prefix": bool(share_prefix),
                 "torch": torch.__version__, "transformers": transformers.__version__, "version": VERDICT_VERSION}
+    if stop_strings:  # only when used, so the verdicts of calls without them keep their keys
+        settings["stop_strings"] = list(stop_strings)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
     path = getattr(model, "name_or_path", None)
     persistent = bool(path) and (Path(str(path)) / "weights_manifest.json").is_file()
@@ -415,7 +449,8 @@ def greedy_matches_batch1(model, tokenizer, prompt_ids: Sequence[list[int]], con
     fp32 = next(model.parameters()).dtype == torch.float32
     for p, c in zip(prompt_ids, conts):
         full = list(c.ids) + ([c.stop] if c.stop is not None else [])
-        complete = c.stop is not None or len(c.ids) == int(max_new_tokens)  # else: ask generate itself
+        # ended by a stop token, a stop string or the length limit; else (padding ended it?) ask generate itself
+        complete = c.stop is not None or c.by_string or len(c.ids) == int(max_new_tokens)
         if fp32 and full and complete:
             seq = list(p) + full[:-1]
             logits = model(input_ids=torch.tensor([seq], dtype=torch.long, device=device)).logits[0, len(p) - 1:]
@@ -428,7 +463,7 @@ def greedy_matches_batch1(model, tokenizer, prompt_ids: Sequence[list[int]], con
             if clear[first]:
                 return False              # batch 1 clearly picks another token here
         _, ref, _ = generate_tokens(model, tokenizer, [list(p)], max_new_tokens, batch_size=1, **gen_kw)
-        if ref[0].ids != list(c.ids) or ref[0].stop != c.stop:
+        if ref[0].ids != list(c.ids) or ref[0].stop != c.stop or ref[0].by_string != c.by_string:
             return False
     return True
 
@@ -447,7 +482,8 @@ def verified_generate(model, tokenizer, prompts: Sequence, max_new_tokens: int, 
     """
     prompts = list(prompts)
     bs = int(batch_size)
-    gen_kw = {k: v for k, v in kw.items() if k in ("add_special_tokens", "stop_ids", "chat", "progress")}
+    gen_kw = {k: v for k, v in kw.items() if k in ("add_special_tokens", "stop_ids", "chat", "progress",
+                                                  "stop_strings")}
     if kw.get("do_sample"):
         return generate(model, tokenizer, prompts, max_new_tokens, batch_size=bs,
                         clean_up_tokenization_spaces=clean_up_tokenization_spaces, share_prefix=share_prefix,
@@ -456,7 +492,7 @@ def verified_generate(model, tokenizer, prompts: Sequence, max_new_tokens: int, 
         out = generate(model, tokenizer, prompts, max_new_tokens, batch_size=bs,
                        clean_up_tokenization_spaces=clean_up_tokenization_spaces, share_prefix=share_prefix, **kw)
         return out, bs
-    key, persistent = verdict_key(model, bs, max_new_tokens, share_prefix)
+    key, persistent = verdict_key(model, bs, max_new_tokens, share_prefix, kw.get("stop_strings"))
     verdict = _VERDICTS.get(key) if key else None
     if verdict is None and key and persistent:
         verdict = _read_verdict(key)

@@ -95,13 +95,13 @@ def knowmem_scores(outputs: Sequence[str], answers: Sequence[str]) -> list[dict]
 
 
 def _generate(ctx: EvalContext, prompts: list[str], max_new_tokens: int, tag: str,
-              share_prefix: bool = False) -> tuple[list[str], int]:
+              share_prefix: bool = False, stop_strings: Sequence[str] | None = None) -> tuple[list[str], int]:
     """Greedy MUSE generation (BOS added, classic clean-up on decode), batched where batch size 1 gives the same
     tokens (``generation.verified_generate``: checked once per model and settings)."""
     outs, used = verified_generate(ctx.model, ctx.tokenizer, prompts, max_new_tokens, batch_size=ctx.cfg.batch_size,
                                    verify=ctx.cfg.verify_batching, verify_n=ctx.cfg.verify_n, tag=tag,
                                    add_special_tokens=True, clean_up_tokenization_spaces=True,
-                                   share_prefix=share_prefix, progress=ctx.cfg.progress)
+                                   share_prefix=share_prefix, stop_strings=stop_strings, progress=ctx.cfg.progress)
     ctx.batch_checks[tag] = used != 1 or int(ctx.cfg.batch_size) <= 1
     return outs, used
 
@@ -119,8 +119,11 @@ def knowmem_metric(ctx: EvalContext, split: str):
     if not rows:
         return {}, []
     prompts = [knowmem_prompt(r["question"], icl, ctx.cfg.knowmem_trailing_space) for r in rows]
-    # the in-context examples are the same for every question: encoded once, their key/value cache reused
-    outputs, used_bs = _generate(ctx, prompts, ctx.cfg.knowmem_max_new_tokens, name, share_prefix=True)
+    # the in-context examples are the same for every question: encoded once, their key/value cache reused. A row
+    # stops at its first cut marker: the cut keeps only the text before it, so the score is the one of the full
+    # 32 tokens (tests/unit/test_metrics_generation.py); raw_output ends there
+    outputs, used_bs = _generate(ctx, prompts, ctx.cfg.knowmem_max_new_tokens, name, share_prefix=True,
+                                 stop_strings=KNOWMEM_CUTS)
     items, f1, rec, r1 = [], [], [], []
     for i, (row, prompt, out) in enumerate(zip(rows, prompts, outputs)):
         cut = cut_knowmem_output(out)
