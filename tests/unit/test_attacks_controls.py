@@ -51,6 +51,21 @@ def test_seed_summary_mean_and_worst():
     assert abs(row["mean"] - 1.0 / 3) < 1e-12 and row["worst"] == 0.5
 
 
+def test_the_summary_shows_weight_noise_over_seeds():
+    """Several noise draws per σ: the summary has a table of their mean and worst case; a missing draw is left
+    out of both, and a σ drawn once gets no row (nothing to summarise)."""
+    from robust_unlearning.report.tables import _noise_seed_blocks
+
+    df = _df([("unlearn/npo/lr~1e-3/seed~0", "weight_noise", f"seed~{s}_sigma~0.02", "forget_mcq_acc", v)
+              for s, v in enumerate([0.2, 0.5, 0.3, float("nan")])]
+             + [("models/base", "weight_noise", "seed~0_sigma~0.05", "forget_mcq_acc", 0.9)])
+    (table,) = _noise_seed_blocks(df)
+    assert table.header == ["Model", "Setting", "mean", "worst", "seeds"]
+    assert table.rows == [["`unlearn/npo/lr~1e-3/seed~0`", "sigma~0.02", "0.333", "0.500", "3"]]
+    assert "forget_mcq_acc" in table.caption
+    assert _noise_seed_blocks(df[df["attack_params"] == "seed~0_sigma~0.05"]) == []
+
+
 def test_genetic_crossover_fires_in_a_short_search(monkeypatch):
     """Crossover must happen even when steps < paragraph_every (it used to need step 5)."""
     monkeypatch.setattr(J, "template_fitness", lambda m, t, templates, items, max_rows=256:

@@ -1,6 +1,7 @@
 """Registry and config validation: every attack is registered with a kind; bad settings name their key."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -87,3 +88,7 @@ def test_wilson_hand_values():
     assert lo == pytest.approx(0.23659, abs=1e-4) and hi == pytest.approx(0.76341, abs=1e-4)
     m = rate_metrics([True, False, False, True])
     assert m["asr"] == 0.5 and m["asr_ci_low"] < 0.5 < m["asr_ci_high"]
+    # nothing judged: no rate at all (NaN, a `missing` row in the report), never ASR 0 = a perfect defence
+    empty = rate_metrics([], "asr_judged")
+    assert set(empty) == {"asr_judged", "asr_judged_ci_low", "asr_judged_ci_high"}
+    assert all(math.isnan(v) for v in empty.values())

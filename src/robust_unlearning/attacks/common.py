@@ -24,11 +24,14 @@ ATTACK_JSON = "attack.json"
 
 # ----------------------------------------------------------------------------------------------- judging
 def rate_metrics(flags: Sequence[bool], name: str = "asr") -> dict[str, float]:
-    """``{name, name_ci_low, name_ci_high}`` for a list of booleans (empty list → 0 with CI (0, 1))."""
+    """``{name, name_ci_low, name_ci_high}`` for a list of booleans. An empty list gives NaN for all three: a rate
+    over nothing judged is not a measured 0 (and not a perfect defence); the report shows it as ``missing``."""
     n = len(flags)
+    if n == 0:
+        return {name: math.nan, f"{name}_ci_low": math.nan, f"{name}_ci_high": math.nan}
     k = int(sum(bool(f) for f in flags))
     lo, hi = wilson_interval(k, n)
-    return {name: (k / n if n else 0.0), f"{name}_ci_low": lo, f"{name}_ci_high": hi}
+    return {name: k / n, f"{name}_ci_low": lo, f"{name}_ci_high": hi}
 
 
 def answer_match(response: str, aliases: Sequence[str]) -> bool:

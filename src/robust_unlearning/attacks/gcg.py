@@ -18,7 +18,7 @@ import torch
 
 from ..utils.io import atomic_write_json, read_json
 from ..utils.repro import derive_seed
-from .common import (chat_prompt, config_from_artefact, encode_plain, forget_qa_items,
+from .common import (chat_prompt, config_from_artefact, encode_plain, forget_qa_items, frac,
                      generate_texts, item_record, judge_items, load_for_attack, mcq_with_clean, model_device,
                      rate_metrics, score_pairs, seeded_subset, target_nll, write_attack_json)
 from .config import AttackConfig
@@ -274,8 +274,7 @@ class GCG:
         lp_clean = score_pairs(model, tokenizer, list(zip(clean, answers)))
         def per_tok(lps):  # mean over items of the per-token answer log-prob
             return sum(lp / max(1, len(t)) for lp, t in zip(lps, answers)) / max(1, len(answers))
-        metrics = {**rate_metrics(succ, "asr"), "asr_clean": sum(succ_clean) / max(1, len(succ_clean)),
-                   "refusal_rate": sum(refu) / max(1, len(refu)),
+        metrics = {**rate_metrics(succ, "asr"), "asr_clean": frac(succ_clean), "refusal_rate": frac(refu),
                    "forget_qa_logprob": per_tok(lp_att), "forget_qa_logprob_clean": per_tok(lp_clean)}
         metrics["forget_qa_logprob_gain"] = metrics["forget_qa_logprob"] - metrics["forget_qa_logprob_clean"]
         held = [s for s, it in zip(succ, items) if it["item_id"] not in opt_ids]

@@ -108,10 +108,6 @@ class Prefill(ItemsAttack):
                    "n_items": len(rows), "n_judged": len(judged),
                    "n_answer_in_prefix": sum(bool(r["answer_in_prefix"]) for r in rows),
                    "n_no_answer": sum(1 for r in rows if not r["aliases"])}
-        for name, flags in (("asr_short_answer", short), ("asr_judged", long_)):
-            if not flags:  # nothing decided in this group: a visible NaN, not a perfect defence
-                metrics.update({name: float("nan"), f"{name}_ci_low": float("nan"),
-                                f"{name}_ci_high": float("nan")})
         if cfg.best_of > 1 and judged:
             n_extra = cfg.best_of - 1
             extra = generate_texts(model, tokenizer, [r["prompt"] for r in judged for _ in range(n_extra)],

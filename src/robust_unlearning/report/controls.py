@@ -133,6 +133,8 @@ def seed_summary(df: pd.DataFrame, attack: str = "weight_noise", seed_key: str =
     sub = df[(df["attack"] == attack) & (df["metric"] == metric)]
     groups: dict[tuple, list[float]] = {}
     for r in sub.itertuples():
+        if pd.isna(r.value):  # a missing draw is not averaged in (it is a `missing` row of its own)
+            continue
         p = _params(str(r.attack_params))
         p.pop(seed_key, None)
         setting = "_".join(f"{k}~{v}" for k, v in sorted(p.items())) or "default"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from robust_unlearning.report.collect import write_csv
-from robust_unlearning.report.controls import never_beats_control
+from robust_unlearning.report.controls import never_beats_control, seed_summary
 from robust_unlearning.report.common import (
     COST_METRICS, DEFAULT_PARAMS, METRIC_LABELS, NA, NONE_ATTACK, PROMPT_ATTACKS, US_DEFINITION, US_METRICS,
     WHITEBOX_ATTACKS, add_config_columns, attack_key, config_order, fmt_mean_std, method_label, metrics_order,
@@ -401,6 +401,7 @@ def _summary_blocks(df: pd.DataFrame, benchmark: str | None = None) -> list:
                 + ", ".join(f"`{a}`" for a in flagged) + ". Either the attack is broken or every model resists it "
                 "at this strength: its rows say nothing about robustness until it moves at least one model "
                 "(the base model included).", ""]
+    out += _noise_seed_blocks(df)
     bad = df[df["status"] != "ok"]
     if not bad.empty:
         out += ["## Not ok", ""]
@@ -416,6 +417,21 @@ def _summary_blocks(df: pd.DataFrame, benchmark: str | None = None) -> list:
         out += [f"_{NOT_COMPUTABLE_MARK} not computable (a `missing` row in metrics.csv): "
                 + "; ".join(sorted(cells.not_computable)) + "_", ""]
     return out
+
+
+def _noise_seed_blocks(df: pd.DataFrame) -> list:
+    """Weight noise drawn with several seeds: the mean and the worst case (the most knowledge recovered) over the
+    seeds of each model and σ, since one noise draw can be lucky (report/controls.py ``seed_summary``)."""
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    table = seed_summary(ok)
+    table = table[table["n_seeds"] > 1]
+    if table.empty:
+        return []
+    rows = [[f"`{r.model_id}`", r.setting, fmt_mean_std(r.mean), fmt_mean_std(r.worst), str(r.n_seeds)]
+            for r in table.itertuples()]
+    metric = str(table["metric"].iloc[0])
+    return [Table("summary_weight_noise_seeds", f"Weight noise over seeds: {_mlabel(metric)} ({metric})",
+                  ["Model", "Setting", "mean", "worst", "seeds"], rows)]
 
 
 def summary_markdown(df: pd.DataFrame, benchmark: str | None = None) -> str:
