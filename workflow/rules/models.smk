@@ -68,7 +68,7 @@ rule train_retrain_oracle:
     conda:
         "../../envs/core.yaml"
     # One thread, started first (every evaluation waits for its numbers): it runs beside the unlearning jobs,
-    # which need only the base model. A second thread makes a model this small 1.6x faster, not 2x, so two
+    # which need only the base model. A second thread makes a model this small 1.4-1.6x faster, not 2x, so two
     # one-thread jobs get more done (docs/findings.md, "Making the default faster (2026-12-05, evening)").
     priority: 10
     threads: 1

@@ -422,8 +422,7 @@ def _summary_blocks(df: pd.DataFrame, benchmark: str | None = None) -> list:
 def _noise_seed_blocks(df: pd.DataFrame) -> list:
     """Weight noise drawn with several seeds: the mean and the worst case (the most knowledge recovered) over the
     seeds of each model and σ, since one noise draw can be lucky (report/controls.py ``seed_summary``)."""
-    ok = df[df["status"] == "ok"] if "status" in df else df
-    table = seed_summary(ok)
+    table = seed_summary(df[df["status"] == "ok"])
     table = table[table["n_seeds"] > 1]
     if table.empty:
         return []
