@@ -76,7 +76,7 @@ def judge_outputs(judge, outputs: Sequence[str], item_ids: Sequence[str], questi
 
     judges = build_judges(judge)
     verdicts = judges.success(outputs, item_ids, questions, aliases)
-    refu = judges.refused(outputs, refusal_variant)
+    refu = judges.refused(outputs, refusal_variant, prompts=questions, item_ids=item_ids)
     raw = [{"judge": v["judge"], "judge_model": v["judge_model"], "raw": v["raw"], "refusal": f}
            for v, f in zip(verdicts, refu)]
     return [bool(v["success"]) for v in verdicts], refu, raw

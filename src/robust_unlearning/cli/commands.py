@@ -158,7 +158,8 @@ def cmd_evaluate(args) -> int:
             eval_cfg.update(under_attack)
         seconds: dict[str, float] = {}   # wall seconds per metric (metrics.json "seconds")
         if args.attack == "none" or _attack_kind(args.attack) == "model":
-            metrics, items = evaluate_model(model, tok, bench, eval_cfg, reference=reference, seconds=seconds)
+            metrics, items = evaluate_model(model, tok, bench, eval_cfg, reference=reference, seconds=seconds,
+                                            judges=judges)
         else:
             from ..attacks.registry import get_attack
 

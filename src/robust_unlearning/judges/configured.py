@@ -3,7 +3,10 @@ decision of every attack (docs/evaluation.md, judges).
 
 ``judges.asr`` names the success judge: ``answer_match`` (default, offline: the forgotten answer appears in the
 response), ``hf_classifier`` (a local checkpoint) or ``openai_compatible`` (an API endpoint); its settings live
-under the key of the same name (``judges.hf_classifier: {...}``). Refusal stays the keyword rule.
+under the key of the same name (``judges.hf_classifier: {...}``). ``judges.refusal`` names the refusal judge:
+``keyword_refusal`` (default: the reference's refusal substrings) or ``openai_compatible`` (the same endpoint
+settings, asked whether the response refuses; ``refusal_prompt_template`` replaces the question). Every refusal
+decision (refusal rates under attack, over-refusal) goes through it.
 
 A judge that fails (model error, endpoint down, unreadable reply) raises ``JudgeError`` naming the judge and the
 item; the evaluation job then fails before it writes anything, so no partial output is left.
@@ -16,7 +19,7 @@ from .base import Judge, JudgeConfigError, JudgeError, get_judge
 from .text import keyword_refusal
 
 SUCCESS_JUDGES = ("answer_match", "hf_classifier", "openai_compatible")
-REFUSAL_JUDGES = ("keyword_refusal",)
+REFUSAL_JUDGES = ("keyword_refusal", "openai_compatible")
 
 
 class EvalJudges:
@@ -37,10 +40,24 @@ class EvalJudges:
         self.refusal_name = cfg.get("refusal") or "keyword_refusal"
         if self.refusal_name not in REFUSAL_JUDGES:
             raise JudgeConfigError("refusal", f"{self.refusal_name!r} is not one of {list(REFUSAL_JUDGES)}")
-        params = cfg.get(self.asr_name) or {}
-        if not isinstance(params, dict):
-            raise JudgeConfigError(self.asr_name, "expected a mapping of judge settings")
+        params = self._params(cfg, self.asr_name)
         self.asr: Judge = get_judge({**params, "name": self.asr_name})
+        self.refusal_judge: Judge | None = None
+        if self.refusal_name == "openai_compatible":
+            from .openai_compatible import REFUSAL_TEMPLATE
+
+            rp = self._params(cfg, "openai_compatible")
+            template = rp.get("refusal_prompt_template") or REFUSAL_TEMPLATE
+            rp = {k: v for k, v in rp.items() if k not in ("prompt_template_file", "prompt_template")}
+            self.refusal_judge = get_judge({**rp, "name": "openai_compatible", "prompt_template": template})
+        self._refusal_cache: dict[tuple[str, str], bool] = {}
+
+    @staticmethod
+    def _params(cfg: dict, name: str) -> dict:
+        params = cfg.get(name) or {}
+        if not isinstance(params, dict):
+            raise JudgeConfigError(name, "expected a mapping of judge settings")
+        return params
 
     @property
     def decides_without_answer(self) -> bool:
@@ -48,7 +65,8 @@ class EvalJudges:
 
     def describe(self) -> dict:
         """What metrics.json records under "judge" (never secrets)."""
-        return {"asr": self.asr.describe(), "refusal": self.refusal_name}
+        return {"asr": self.asr.describe(),
+                "refusal": self.refusal_judge.describe() if self.refusal_judge else self.refusal_name}
 
     def success(self, outputs: Sequence[str], item_ids: Sequence[str], prompts: Sequence[str | None] | None = None,
                 aliases: Sequence[Sequence[str] | None] | None = None, batch_size: int = 16) -> list[dict]:
@@ -82,8 +100,27 @@ class EvalJudges:
                                  f"{exc}") from exc
         return out
 
-    def refused(self, outputs: Sequence[str], variant: str = "substring") -> list[bool]:
-        return [bool(keyword_refusal(o, variant=variant)) for o in outputs]
+    def refused(self, outputs: Sequence[str], variant: str = "substring", prompts: Sequence[str | None] | None = None,
+                item_ids: Sequence[str] | None = None) -> list[bool]:
+        """One refusal flag per output. ``variant`` (substring / word_boundary) applies to the keyword rule; an API
+        refusal judge gives one verdict per (prompt, output), asked once even when both variants are read."""
+        if self.refusal_judge is None:
+            return [bool(keyword_refusal(o, variant=variant)) for o in outputs]
+        n = len(outputs)
+        prompts = list(prompts) if prompts is not None else [None] * n
+        item_ids = list(item_ids) if item_ids is not None else [f"#{i}" for i in range(n)]
+        flags = []
+        for iid, out, prompt in zip(item_ids, outputs, prompts):
+            key = (prompt or "", out)
+            if key not in self._refusal_cache:
+                try:
+                    v = self.refusal_judge.judge_batch([out], prompts=[prompt], behaviors=[prompt])[0]
+                except Exception as exc:  # noqa: BLE001  (fails the job, naming judge and item)
+                    raise JudgeError(f"refusal judge openai_compatible ({self.refusal_judge.model_id}) failed on "
+                                     f"item {iid}: {exc}") from exc
+                self._refusal_cache[key] = bool(v["success"])
+            flags.append(self._refusal_cache[key])
+        return flags
 
 
 def build_judges(cfg: Any = None) -> EvalJudges:

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..judges.text import answer_match, keyword_refusal
+from ..judges.text import answer_match
 from ..utils.repro import derive_seed
 from .registry import EvalContext, item_id, record, register_metric
 
@@ -44,12 +44,17 @@ def _is_safe(row: dict) -> bool:
 
 
 def over_refusal_summary(responses: Sequence[str], safe: Sequence[bool],
-                         answers_ok: Sequence[bool | None] | None = None) -> dict[str, float]:
+                         answers_ok: Sequence[bool | None] | None = None, judges=None,
+                         prompts: Sequence[str] | None = None, item_ids: Sequence[str] | None = None
+                         ) -> dict[str, float]:
     """docs/evaluation.md, "Attack success, refusal and over-refusal": ``over_refusal`` = refusal rate on safe prompts, ``unsafe_refusal`` on unsafe prompts (substring rule;
     ``*_wb`` with the word-boundary rule); ``oversafe_asr`` = the reference number (fraction of ALL responses
-    with no refusal substring); ``lookalike_accuracy`` = answer match on safe prompts that carry an answer."""
-    sub = [keyword_refusal(r, "substring") for r in responses]
-    wb = [keyword_refusal(r, "word_boundary") for r in responses]
+    with no refusal substring); ``lookalike_accuracy`` = answer match on safe prompts that carry an answer.
+    ``judges``: the evaluation's configured judges (``judges.refusal`` decides what counts as a refusal); None =
+    the keyword rule."""
+    judges = _refusal_judges(judges)
+    sub = judges.refused(list(responses), "substring", prompts, item_ids)
+    wb = judges.refused(list(responses), "word_boundary", prompts, item_ids)
 
     def rate(flags, mask):
         vals = [f for f, m in zip(flags, mask) if m]
@@ -64,6 +69,12 @@ def over_refusal_summary(responses: Sequence[str], safe: Sequence[bool],
         if ok:
             out["lookalike_accuracy"] = float(np.mean(ok))
     return out
+
+
+def _refusal_judges(judges):
+    from ..judges.configured import build_judges
+
+    return build_judges(judges)
 
 
 def _aliases(bench, row: dict) -> list[str] | None:
@@ -130,11 +141,14 @@ def over_refusal_metric(ctx: EvalContext, split: str | None = None):
     for r, o in zip(rows, outs):
         al = _aliases(ctx.bench, r)
         answers_ok.append(None if al is None else answer_match(o, al))
-    metrics = over_refusal_summary(outs, safe, answers_ok)
+    judges = _refusal_judges(ctx.judges)   # the configured refusal judge decides every item, as in the summary
+    prompts = [r["prompt"] for r in rows]
+    metrics = over_refusal_summary(outs, safe, answers_ok, judges=judges, prompts=prompts, item_ids=ids)
+    refused_sub = judges.refused(outs, "substring", prompts, ids)
+    refused_wb = judges.refused(outs, "word_boundary", prompts, ids)
     items = []
-    for iid, r, o, s, a in zip(ids, rows, outs, safe, answers_ok):
-        ref_sub, ref_wb = keyword_refusal(o, "substring"), keyword_refusal(o, "word_boundary")
+    for iid, r, o, s, a, ref_sub, ref_wb in zip(ids, rows, outs, safe, answers_ok, refused_sub, refused_wb):
         items.append(record(iid, "safe" if s else "unsafe", "over_refusal", r["prompt"], o,
                             float(ref_sub), {"refusal_wb": ref_wb, "answer_match": a, "type": r.get("type"),
-                                             "judge": "keyword_refusal"}))
+                                             "judge": judges.refusal_name}))
     return metrics, items

@@ -205,7 +205,8 @@ def output_aliases() -> dict[str, tuple[str, str | None]]:
 
 
 def evaluate_model(model, tokenizer, bench, eval_cfg: dict | EvalConfig | None = None,
-                   reference: dict | None = None, seconds: dict | None = None) -> tuple[dict[str, float], list[dict]]:
+                   reference: dict | None = None, seconds: dict | None = None,
+                   judges=None) -> tuple[dict[str, float], list[dict]]:
     """Run every configured metric; returns (metrics, items); ``seconds`` (if given) receives each metric's wall
     time. ``reference``: {"auc_retrain": float,
     "auc_retrain_minkpp": float, "margin_centres": {...}} — each optional; PrivLeak is reported with the oracle's
@@ -216,7 +217,7 @@ def evaluate_model(model, tokenizer, bench, eval_cfg: dict | EvalConfig | None =
         reference, source = privleak_reference(bench, reference)
         if source is not None:
             metrics.update(source)
-    ctx = EvalContext(model=model, tokenizer=tokenizer, bench=bench, cfg=cfg, reference=reference)
+    ctx = EvalContext(model=model, tokenizer=tokenizer, bench=bench, cfg=cfg, reference=reference, judges=judges)
     items: list[dict] = []
     for name, split in cfg.resolved():
         t0 = time.perf_counter()

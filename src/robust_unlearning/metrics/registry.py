@@ -82,6 +82,8 @@ class EvalContext:
     cfg: Any                       # metrics.evaluate.EvalConfig
     reference: dict | None = None
     batch_checks: dict = field(default_factory=dict)
+    # the evaluation's configured judges (judges.configured.EvalJudges); None = the built-in rules
+    judges: Any = None
 
     def limit(self, rows: list, metric: str) -> list:
         n = self.cfg.max_items_for(metric)
