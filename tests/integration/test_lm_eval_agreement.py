@@ -116,6 +116,35 @@ def test_the_mcq_lm_eval_metric_runs_a_task_through_evaluate(world):
     assert metrics["forget_mcq_acc_letter"] == pytest.approx(sum(o["pred"] == o["gold"] for o in ours) / len(ours))
 
 
+def test_mcq_lm_eval_under_a_zero_strength_attack_is_the_clean_number(world):
+    """Under an attack lm-eval cannot see the edited contexts, so `mcq_lm_eval` units are scored by our letter
+    scorer with lm-eval's prompt on the same rows: with an empty insertion (zero strength) the number equals the
+    clean lm-eval number exactly, item by item; a real insertion moves it."""
+    from robust_unlearning.metrics.evaluate import EvalConfig, evaluate_model
+    from robust_unlearning.metrics.mcq import insert_ids, mcq_under_attack
+
+    root, bench, tok, model = world
+    rows = [r for r in bench.mcq("forget") if (r.get("subject") or "biology") == "biology"]
+    _task(root, "ru_zero_biology", rows, "biology")
+    cfg = EvalConfig.from_dict({"metrics": ["mcq_lm_eval:forget"], "lm_eval_tasks": {"forget": "ru_zero_biology"},
+                                "lm_eval_include_path": str(root / "tasks"), "batch_size": 16,
+                                "max_items": {"mcq_lm_eval": 24, "mcq_letter": 5}})
+    clean, clean_items = evaluate_model(model, tok, bench, cfg)
+    att, att_items = mcq_under_attack(model, tok, bench, cfg, ("forget",), insert_ids(tok, []))
+    assert att["forget_mcq_acc_letter"] == clean["forget_mcq_acc_letter"]
+    assert len(att_items) == len(clean_items) == 24          # mcq_lm_eval's max_items, not mcq_letter's
+    assert [it["score"] for it in att_items] == [it["score"] for it in clean_items]
+    assert [it["output"] for it in att_items] == ["ABCD"[int(it["output"])] for it in clean_items]
+    assert att_items[0]["meta"]["scorer"].startswith("letter")
+    adv = tok("Orlinde heron glass", add_special_tokens=False)["input_ids"]
+    _, moved = mcq_under_attack(model, tok, bench, cfg, ("forget",), insert_ids(tok, adv))
+    assert [it["meta"]["logprobs"] for it in moved] != [it["meta"]["logprobs"] for it in att_items]
+    # lm_eval_data: hub scores lm-eval's own documents: nothing under an attack rather than other rows
+    hub = EvalConfig.from_dict({"metrics": ["mcq_lm_eval:forget"], "lm_eval_tasks": {"forget": "ru_zero_biology"},
+                                "lm_eval_include_path": str(root / "tasks"), "lm_eval_data": "hub"})
+    assert mcq_under_attack(model, tok, bench, hub, ("forget",), insert_ids(tok, [])) == ({}, [])
+
+
 def test_lm_eval_groups_and_tasks_score_the_runs_own_rows(world):
     """`lm_eval_data: split`: lm-eval's OWN definitions of `mmlu` (a group of 57 per-subject tasks, in 4 sub-groups)
     and `wmdp_bio` run over the prepared rows, offline. The group is split by each row's `subject`, its accuracy is

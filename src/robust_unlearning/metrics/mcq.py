@@ -162,8 +162,11 @@ def _cloze(ctx: EvalContext, split: str, edit_context: ContextEdit | None = None
              f"{name}_cloze_norm": mcq_accuracy(scored, "pred_norm")}, items)
 
 
-def _letter(ctx: EvalContext, split: str, edit_context: ContextEdit | None = None):
-    rows = ctx.limit(ctx.bench.mcq(split), "mcq_letter")
+def _letter(ctx: EvalContext, split: str, edit_context: ContextEdit | None = None, limit_key: str = "mcq_letter",
+            scorer: str | None = None, row_subjects: bool = True):
+    rows = ctx.limit(ctx.bench.mcq(split), limit_key)
+    if not row_subjects:  # one description for the whole split (a single lm-eval task), whatever the rows say
+        rows = [{k: v for k, v in r.items() if k != "subject"} for r in rows]
     if not rows:
         return {}, []
     scored = score_mcq(ctx.model, ctx.tokenizer, rows, "letter", add_bos=ctx.cfg.mcq_bos,
@@ -173,7 +176,7 @@ def _letter(ctx: EvalContext, split: str, edit_context: ContextEdit | None = Non
     items = [record(item_id(row, f"mcq/{split}", i), split, name, s["context"], LETTERS[s["pred"]],
                     float(s["pred"] == s["gold"]),
                     {"mode": "letter", "bos": ctx.cfg.mcq_bos, "gold": s["gold"], "logprobs": s["logprobs"],
-                     "subject": row.get("subject") or _subject(ctx, split)})
+                     "subject": row.get("subject") or _subject(ctx, split), **({"scorer": scorer} if scorer else {})})
              for i, (row, s) in enumerate(zip(rows, scored))]
     return {name: mcq_accuracy(scored, "pred")}, items
 
@@ -191,7 +194,26 @@ def mcq_letter_metric(ctx: EvalContext, split: str):
     return _letter(ctx, split)
 
 
-_UNDER_ATTACK = {"mcq_cloze": _cloze, "mcq_letter": _letter}
+def _lm_eval_under_attack(ctx: EvalContext, split: str, edit_context: ContextEdit | None = None):
+    """An ``mcq_lm_eval`` unit under an attack. lm-eval builds its own contexts, so an attack's edit (a suffix, a
+    template) cannot reach it; our letter scorer builds lm-eval's exact prompt (its description, template, BOS
+    setting, per-row MMLU subject) and picks the same answer on every item (tests/integration/
+    test_lm_eval_agreement.py), so it scores the same rows (``max_items`` of ``mcq_lm_eval``) under the same name.
+    ``lm_eval_data: hub`` scores lm-eval's own documents, which this run does not hold: no value under attack."""
+    task = (ctx.cfg.lm_eval_tasks or {}).get(split)
+    if not task or ctx.cfg.lm_eval_data != "split":
+        return {}, []
+    from .lm_eval_backend import cached_task_manager
+
+    # a group (mmlu) describes each row by its own subject; a single task (wmdp_bio) by one subject for all rows
+    # (evaluation.mcq_subject, which the preset sets to the task's)
+    entry = cached_task_manager(ctx.cfg.lm_eval_include_path).task_index.get(task)
+    grouped = entry is not None and getattr(entry.kind, "name", str(entry.kind)) in ("GROUP", "TAG")
+    return _letter(ctx, split, edit_context, limit_key="mcq_lm_eval", row_subjects=grouped,
+                   scorer="letter: lm-eval's prompt, scored by metrics/mcq.py under the attack")
+
+
+_UNDER_ATTACK = {"mcq_cloze": _cloze, "mcq_letter": _letter, "mcq_lm_eval": _lm_eval_under_attack}
 
 
 def mcq_under_attack(model, tokenizer, bench, eval_cfg, splits: Sequence[str] = ("forget",),
@@ -200,7 +222,7 @@ def mcq_under_attack(model, tokenizer, bench, eval_cfg, splits: Sequence[str] = 
     ``splits``) on the model as it is now (an attack's hooks open) and with ``edit_context`` applied to every
     context: same rows, ``max_items``, norm, BOS and batch size as the clean evaluation, so the values carry
     the clean names (``forget_mcq_acc`` means the same thing under every attack). ``mcq_lm_eval`` units are
-    not scored under an attack (lm-eval builds its own contexts); they are simply absent."""
+    scored by the letter scorer with lm-eval's prompt on the same rows (:func:`_lm_eval_under_attack`)."""
     from .evaluate import EvalConfig
 
     cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_dict(eval_cfg)
