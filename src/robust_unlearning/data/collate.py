@@ -1,8 +1,10 @@
 """Turn on-disk items into token examples and padded batches.
 
-An *example* is ``{"input_ids": list[int], "labels": list[int]}`` (labels −100 where no loss is taken).
-A *batch* is ``{"input_ids", "attention_mask", "labels"}`` LongTensors, right-padded to the longest row;
-pad positions always get label −100 (no loss on pads, unlike defect D4 of the reference code).
+An *example* is ``{"input_ids": list[int], "labels": list[int]}`` (labels −100 where no loss is taken), with an
+optional ``"attention_mask"`` when the example carries its own padding (``pad_to_length``: the released WMDP
+code's fixed-length padding, kept in the labels, for ``mask_pad_labels: false``).
+A *batch* is ``{"input_ids", "attention_mask", "labels"}`` LongTensors, right-padded to the longest row; the
+padding added here always gets label −100 and attention 0 (no loss on pads, unlike defect D4 of the reference).
 """
 from __future__ import annotations
 
@@ -89,13 +91,14 @@ def pad_batch(examples: Sequence[dict], pad_id: int, padding_side: str = "right"
         n = len(e["input_ids"])
         pad = width - n
         labels = e.get("labels", e["input_ids"])
+        own = list(e["attention_mask"]) if "attention_mask" in e else [1] * n
         if padding_side == "right":
             ids.append(list(e["input_ids"]) + [pad_id] * pad)
-            att.append([1] * n + [0] * pad)
+            att.append(own + [0] * pad)
             lab.append(list(labels) + [IGNORE_INDEX] * pad)
         else:
             ids.append([pad_id] * pad + list(e["input_ids"]))
-            att.append([0] * pad + [1] * n)
+            att.append([0] * pad + own)
             lab.append([IGNORE_INDEX] * pad + list(labels))
     return {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(att, dtype=torch.long),
             "labels": torch.tensor(lab, dtype=torch.long)}

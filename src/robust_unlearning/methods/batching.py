@@ -27,6 +27,9 @@ class MicroBatch:
     key: tuple                   # (split, position) – stable within a step
     n_tokens: int                # Σ target positions after the causal shift
     n_positions: int             # Σ attention mask
+    owned: torch.Tensor | None = None   # [B,T] bool: positions of the examples themselves, their own padding
+    #                                     included (mask_pad_labels: false), the collation's padding excluded
+    n_owned: int = 0             # Σ owned
 
     @property
     def n_examples(self) -> int:
@@ -36,9 +39,12 @@ class MicroBatch:
 def make_microbatch(examples: Sequence[dict], index: Sequence[int], pad_id: int, device, key: tuple) -> MicroBatch:
     b = pad_batch(examples, pad_id)
     labels = b["labels"]
+    lengths = torch.tensor([len(e["input_ids"]) for e in examples])
+    owned = torch.arange(labels.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)   # right padding
     return MicroBatch(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
                       labels=labels.to(device), index=torch.as_tensor(list(index), dtype=torch.long), key=key,
-                      n_tokens=int((labels[:, 1:] != IGNORE_INDEX).sum()), n_positions=int(b["attention_mask"].sum()))
+                      n_tokens=int((labels[:, 1:] != IGNORE_INDEX).sum()), n_positions=int(b["attention_mask"].sum()),
+                      owned=owned.to(device), n_owned=int(lengths.sum()))
 
 
 def split_microbatches(examples: Sequence[dict], index: Sequence[int], batch_size: int, pad_id: int, device,
@@ -51,7 +57,10 @@ def split_microbatches(examples: Sequence[dict], index: Sequence[int], batch_siz
 def examples_sha256(examples: Sequence[dict]) -> str:
     h = hashlib.sha256()
     for e in examples:
-        h.update(json.dumps([list(e["input_ids"]), list(e.get("labels", e["input_ids"]))]).encode())
+        row = [list(e["input_ids"]), list(e.get("labels", e["input_ids"]))]
+        if "attention_mask" in e:   # an example's own padding (mask_pad_labels: false) is part of its identity
+            row.append(list(e["attention_mask"]))
+        h.update(json.dumps(row).encode())
         h.update(b"\n")
     return h.hexdigest()
 
@@ -59,8 +68,14 @@ def examples_sha256(examples: Sequence[dict]) -> str:
 def truncate_examples(examples: Sequence[dict], max_len: int | None) -> list[dict]:
     if max_len is None:
         return list(examples)
-    return [{**e, "input_ids": list(e["input_ids"])[:max_len],
-             "labels": list(e.get("labels", e["input_ids"]))[:max_len]} for e in examples]
+    out = []
+    for e in examples:
+        cut = {**e, "input_ids": list(e["input_ids"])[:max_len],
+               "labels": list(e.get("labels", e["input_ids"]))[:max_len]}
+        if "attention_mask" in e:
+            cut["attention_mask"] = list(e["attention_mask"])[:max_len]
+        out.append(cut)
+    return out
 
 
 def forget_indices(seed: int, step: int, n_forget: int, steps_per_epoch: int, b_eff: int) -> list[int]:

@@ -55,6 +55,7 @@ class StepContext:
         self.forget_tokens = max(sum(m.n_tokens for m in forget_mbs), 1)
         self.forget_examples = max(sum(m.n_examples for m in forget_mbs), 1)
         self.forget_positions = max(sum(m.n_positions for m in forget_mbs), 1)
+        self.forget_owned = max(sum(m.n_owned for m in forget_mbs), 1)   # positions incl. the examples' own pads
         self.retain_tokens = max(sum(m.n_tokens for m in retain_mbs), 1)
         self.retain_examples = max(sum(m.n_examples for m in retain_mbs), 1)
         self.retain_positions = max(sum(m.n_positions for m in retain_mbs), 1)

@@ -99,11 +99,23 @@ def npo_batch_mean_loss(ce_theta: torch.Tensor, ce_ref: torch.Tensor, beta: floa
     return (2.0 / beta) * F.softplus(beta * (ce_ref.float() - ce_theta.float()))
 
 
-def npo_logit_loss(logits: torch.Tensor, ref_logits: torch.Tensor, beta: float, denom=None) -> torch.Tensor:
+def npo_logit_loss(logits: torch.Tensor, ref_logits: torch.Tensor, beta: float, denom=None,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """Replication switch only — not NPO (docs/methods.md, "NPO"): (2/β)·mean_{b,t,v} softplus(β(z_θ − z_ref)),
-    over every raw logit (pads included, as in the reference)."""
-    d = logits.float() - ref_logits.float()
-    return (2.0 / beta) * F.softplus(beta * d).sum() / _denom(d.numel(), denom)
+    element-wise over every raw logit of every position the examples own.
+
+    ``mask`` [B,T] marks those positions: the reference averages over its whole [B,T,V] tensor, whose padding is
+    part of each example (MUSE chunks have none; the released WMDP code pads every example to max_len), while
+    the padding our collation adds to reach the longest row of a micro-batch depends on how examples happen to
+    be grouped and is left out. ``denom`` = (owned positions of the logical batch)·V, so that k accumulated
+    micro-batches give exactly the loss and gradient of the one logical batch (a mean of micro-batch means would
+    weight a short micro-batch's logits more). Without ``mask`` every position counts.
+    """
+    sp = F.softplus(beta * (logits.float() - ref_logits.float()))
+    if mask is None:
+        return (2.0 / beta) * sp.sum() / _denom(sp.numel(), denom)
+    m = mask.to(sp.dtype)
+    return (2.0 / beta) * (sp.sum(-1) * m).sum() / _denom(m.sum() * sp.shape[-1], denom)
 
 
 def simnpo_loss(s_mean_theta: torch.Tensor, beta: float, gamma: float = 0.0, denom=None) -> torch.Tensor:

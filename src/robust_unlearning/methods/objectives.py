@@ -102,9 +102,11 @@ def check_npo(cfg) -> None:
 class NPOTerm:
     """L_NPO over the forget micro-batches (docs/methods.md, "NPO").
 
-    ``batch_mean`` and ``logit`` are non-linear in the whole batch; under gradient accumulation they are evaluated
-    per micro-batch and averaged over micro-batches, which is what HF accumulation does in the reference code
-    (e.g. WMDP NPO+GDR, batch 1 × accumulation 4). ``sequence`` is exact for any accumulation.
+    ``sequence`` (a mean over examples) and ``logit`` (a mean over every logit of every owned position) are sums
+    over the logical batch divided by its size, so each micro-batch is divided by the LOGICAL batch's count and k
+    accumulated micro-batches give exactly the one-batch loss and gradient. ``batch_mean`` is non-linear in the
+    batch (softplus of a batch-level CE difference): it is evaluated per micro-batch and averaged over
+    micro-batches, which is what HF accumulation does in the reference code (WMDP NPO+GDR, batch 1 × accumulation 4).
     """
 
     def __init__(self, beta: float, form: str, reduction: str, ref_mode: str):
@@ -121,12 +123,12 @@ class NPOTerm:
             if self.reduction == "mean":
                 s_ref = s_ref / n.clamp_min(1)
             return L.npo_sequence_loss(s, s_ref, self.beta, denom=ctx.forget_examples)
-        n_mb = max(len(ctx.forget_mbs), 1)
         if self.form == "batch_mean":
             s_ref, n = self.ref.seq(ctx, mb)
             ce_ref = -s_ref.sum() / n.sum().clamp_min(1)
-            return L.npo_batch_mean_loss(L.token_ce(logits, mb.labels), ce_ref, self.beta) / n_mb
-        return L.npo_logit_loss(logits, self.ref.logits(ctx, mb), self.beta) / n_mb
+            return L.npo_batch_mean_loss(L.token_ce(logits, mb.labels), ce_ref, self.beta) / max(len(ctx.forget_mbs), 1)
+        return L.npo_logit_loss(logits, self.ref.logits(ctx, mb), self.beta, mask=mb.owned,
+                                denom=ctx.forget_owned * logits.shape[-1])
 
     def info(self) -> dict:
         return {"npo_form": self.form, "npo_reduction": self.reduction, "ref": self.ref.meta}
