@@ -291,6 +291,7 @@ def start_warm_worker():
 
     from robust_unlearning.cli.warm import SOCKET_ENV
 
+    start_gpu_lease()  # first: RU_* variables are part of the warm worker's environment fingerprint
     if (not config.get("warm_worker", True) or not workflow.local_exec or workflow.remote_exec
             or workflow.subprocess_exec or os.environ.get(SOCKET_ENV)):
         return
@@ -322,3 +323,22 @@ def stop_warm_worker():
     except Exception:  # noqa: BLE001 - it must not outlive the run
         proc.kill()
     shutil.rmtree(_WARM.pop("folder"), ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ GPU lease
+# Local runs on a machine with GPUs: every model-loading job's `ru` takes a device of its own (a file lock held for
+# the job's life, CUDA_VISIBLE_DEVICES set to it; src/robust_unlearning/utils/gpu_lease.py, workflow/bin/ru), and the
+# scheduler starts at most as many `gpu` jobs as there are devices unless `--resources gpu=N` says otherwise.
+# Cluster executors: off, the scheduler assigns the devices (the variable travels to the jobs with the
+# environment). Called from the onstart hook (through start_warm_worker), so never in a dry run.
+def start_gpu_lease():
+    from snakemake.logging import logger
+
+    from robust_unlearning.utils.gpu_lease import LEASE_ENV, lease_devices, limit_snakemake_gpu_jobs
+
+    local = workflow.local_exec and not workflow.remote_exec and not workflow.subprocess_exec
+    os.environ[LEASE_ENV] = "on" if local else "off"
+    if local:
+        line = limit_snakemake_gpu_jobs(workflow, len(lease_devices()))
+        if line:
+            logger.info(line)
