@@ -55,7 +55,7 @@ def _load(model_dir, dtype="float32", device="cpu"):
 
 def cmd_train_probe(args) -> int:
     from ..data.formats import Benchmark
-    from ..data.unlearning_sets import build_examples
+    from ..data.unlearning_sets import build_run_examples
     from ..methods.probe import train_probe
     from ..utils.repro import configure_threads, pick_device, seed_everything
 
@@ -64,8 +64,7 @@ def cmd_train_probe(args) -> int:
     model, tok = _load(args.model_dir, dtype=args.dtype, device=str(pick_device(args.device)))
     bench = Benchmark(args.data)
     max_len = int(args.train.get("max_len", 256))
-    forget = build_examples(bench, tok, "forget", args.benchmark.get("forget_source", "raw"), max_len)
-    retain = build_examples(bench, tok, "retain", args.benchmark.get("retain_source", "raw"), max_len)
+    forget, retain = build_run_examples(bench, tok, args.benchmark, max_len)   # sources, prompt_format, pad labels
     summary = train_probe(model, tok, forget, retain, args.probe, args.seed, Path(args.out))
     _log(json.dumps(summary, default=str))
     return 0
@@ -73,7 +72,7 @@ def cmd_train_probe(args) -> int:
 
 def cmd_unlearn(args) -> int:
     from ..data.formats import Benchmark
-    from ..data.unlearning_sets import build_examples
+    from ..data.unlearning_sets import build_run_examples
     from ..methods import TrainConfig, build_method, run_unlearning
     from ..utils.repro import configure_threads, pick_device, seed_everything
 
@@ -86,8 +85,7 @@ def cmd_unlearn(args) -> int:
     model, tok = _load(args.model_dir, dtype=dtype, device=str(device))
     bench = Benchmark(args.data)
     max_len = int(args.train.get("max_len", 256))
-    forget = build_examples(bench, tok, "forget", args.benchmark.get("forget_source", "raw"), max_len)
-    retain = build_examples(bench, tok, "retain", args.benchmark.get("retain_source", "raw"), max_len)
+    forget, retain = build_run_examples(bench, tok, args.benchmark, max_len)   # sources, prompt_format, pad labels
     _log(f"unlearn {args.method} {args.settings} seed {args.seed}: {len(forget)} forget / {len(retain)} retain "
          f"examples, device {device}, {threads} threads")
     run_unlearning(model, tok, args.method, args.settings, args.train, forget, retain, Path(args.out), args.seed,

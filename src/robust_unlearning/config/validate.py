@@ -168,6 +168,10 @@ def _validate_semantics(cfg: dict) -> None:
     from ..methods.loop import TrainConfig
     from ..methods.probe import ProbeConfig
 
+    from ..data.unlearning_sets import ExampleFormat
+
+    # prompt_format / mask_pad_labels / static_pad_id against the sources they apply to
+    _check(lambda: ExampleFormat.from_benchmark(cfg["benchmark"]), "benchmark")
     _check(lambda: ProbeConfig.from_dict(cfg.get("probe", {})), "probe")
     _check(lambda: TrainConfig.from_dict(cfg["unlearning"].get("train", {})), "unlearning.train")
     for run in runs:

@@ -60,6 +60,41 @@ def encode_dialogue(tokenizer, messages: Sequence[dict], max_len: int, mask_prom
     return {"input_ids": f_ids, "labels": labels}
 
 
+#: The released PRISM WMDP code's system prompts (``prompt_format: plain``; docs/benchmarks.md, "Training examples").
+PLAIN_SYSTEM_PROMPTS = {
+    "forget": "You are a helpful assistant. The following are questions (with answers) about biology or something "
+              "I want you to answer.",
+    "retain": "You are a helpful assistant.",
+}
+
+
+def encode_plain_dialogue(tokenizer, user: str, assistant: str, system: str, max_len: int) -> dict:
+    """A [user, assistant] pair as the released PRISM WMDP code feeds it (defect D12): the text
+    ``"{system}\\n{user}\\n{assistant}"`` (both turns stripped) with the tokenizer's own special tokens (BOS), no
+    chat template, no EOS; the first ``len(tokenise("{system}\\n{user}"))`` labels are −100, as there (the prompt
+    is tokenised on its own, so a merge across the boundary is not corrected either)."""
+    prompt = f"{system}\n{user.strip()}"
+    full = f"{prompt}\n{assistant.strip()}"
+    ids = tokenizer(full, add_special_tokens=True)["input_ids"][:max_len]
+    n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    labels = list(ids)
+    labels[: min(n_prompt, len(labels))] = [IGNORE_INDEX] * min(n_prompt, len(labels))
+    return {"input_ids": ids, "labels": labels}
+
+
+def pad_to_length(example: dict, length: int, pad_id: int) -> dict:
+    """Right-pad one example to ``length`` as the released WMDP code does (``mask_pad_labels: false``, defect D4):
+    the pad positions keep ``pad_id`` as their LABEL (so CE and NPO include predicting it) and get attention 0.
+    The padding travels with the example (``attention_mask``), so its loss terms do not depend on which examples
+    share a micro-batch."""
+    ids = list(example["input_ids"])[:length]
+    labels = list(example.get("labels", example["input_ids"]))[:length]
+    own = list(example.get("attention_mask", [1] * len(ids)))[:length]
+    pad = length - len(ids)
+    return {**example, "input_ids": ids + [pad_id] * pad, "labels": labels + [pad_id] * pad,
+            "attention_mask": own + [0] * pad}
+
+
 def encode_qa(tokenizer, question: str, answer: str, max_len: int, mask_prompt: bool = True) -> dict:
     """Plain "Question: …\\nAnswer: …" with BOS; loss on the answer only by default."""
     prompt = f"Question: {question}\nAnswer:"

@@ -3,13 +3,17 @@
 Sources (docs/benchmarks.md, "Training examples"):
 - ``raw``: one example per document (``collate.encode_text``: BOS + text, loss on all tokens);
 - ``chunks``: MUSE chunking of ``raw/<split>.txt`` (``collate.chunk_text``);
-- ``dialogue``: PRISM dialogues in the model's chat template, prompt masked (``collate.encode_dialogue``);
+- ``dialogue``: PRISM dialogues in the model's chat template, prompt masked (``collate.encode_dialogue``), or with
+  ``prompt_format: plain`` in the released WMDP code's plain text (``collate.encode_plain_dialogue``);
 - ``qa``: the same dialogue pairs as plain ``"Question: …\\nAnswer: …"`` (``collate.encode_qa``).
 ``split="retain"`` means retain1 for raw/chunks (D_r during unlearning) and ``dialogue/retain.jsonl`` for
-dialogue/qa.
+dialogue/qa. With ``mask_pad_labels: false`` every example is padded to max_len with the pad id kept in its
+labels (the released WMDP code, defect D4); by default padding is added per batch and never labelled.
+The benchmark section's keys that choose all this are validated by :class:`ExampleFormat`.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,11 +21,39 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from .collate import chunk_text, encode_dialogue, encode_qa, encode_text, require_chat_template
+from ..methods.registry import ConfigBase, ConfigError, choice, num
+from .collate import (PLAIN_SYSTEM_PROMPTS, chunk_text, encode_dialogue, encode_plain_dialogue, encode_qa, encode_text,
+                      pad_to_length, require_chat_template)
 from .formats import Benchmark, BenchmarkError, read_jsonl_numbered
 
 SOURCES = ("raw", "chunks", "dialogue", "qa")
 SPLITS = ("forget", "retain")
+PROMPT_FORMATS = ("chat_template", "plain")
+
+
+@dataclasses.dataclass
+class ExampleFormat(ConfigBase):
+    """How the benchmark section turns a split into training examples (docs/benchmarks.md, "Training examples"):
+    the sources, ``prompt_format`` of dialogues and whether pad positions are labelled. The same examples feed
+    PRISM's probe and the unlearning run, so both stages see one format (defect D18)."""
+    forget_source: str = choice("raw", SOURCES)
+    retain_source: str = choice("raw", SOURCES)
+    prompt_format: str = choice("chat_template", PROMPT_FORMATS)
+    mask_pad_labels: bool = True
+    static_pad_id: int | None = num(None, ge=0)   # mask_pad_labels: false; null = the tokenizer's pad id
+
+    def check(self) -> None:
+        if self.prompt_format != "chat_template" and "dialogue" not in (self.forget_source, self.retain_source):
+            raise ConfigError("prompt_format", f"{self.prompt_format!r} formats the 'dialogue' source only, and "
+                                               "neither forget_source nor retain_source is dialogue")
+        if self.mask_pad_labels:
+            self.unused("static_pad_id", "with mask_pad_labels: true (padding is added per batch, label -100)")
+
+    @classmethod
+    def from_benchmark(cls, bench_cfg: dict | None) -> "ExampleFormat":
+        """The format keys of a config's ``benchmark`` section (its other keys are the data loader's)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls.from_dict({k: v for k, v in (bench_cfg or {}).items() if k in names})
 
 
 def _raw_split(split: str) -> str:
@@ -70,23 +102,53 @@ def split_texts(bench: Benchmark, split: str, source: str) -> list[str]:
     raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
 
 
-def build_examples(bench: Benchmark, tokenizer, split: str, source: str, max_len: int) -> list[dict]:
-    """Examples ``{"input_ids", "labels"}`` of the forget or retain split from one source (see module doc)."""
+def build_examples(bench: Benchmark, tokenizer, split: str, source: str, max_len: int,
+                   prompt_format: str = "chat_template", mask_pad_labels: bool = True,
+                   static_pad_id: int | None = None) -> list[dict]:
+    """Examples ``{"input_ids", "labels"}`` of the forget or retain split from one source (see module doc).
+
+    ``prompt_format`` (``dialogue`` only): ``chat_template`` or ``plain``. ``mask_pad_labels: false``: every
+    example right-padded to ``max_len`` with ``static_pad_id`` (default: the tokenizer's pad id, else EOS), the pad
+    kept as label and an ``attention_mask`` marking it (``collate.pad_to_length``)."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    if prompt_format not in PROMPT_FORMATS:
+        raise ConfigError("prompt_format", f"must be one of {list(PROMPT_FORMATS)}, got {prompt_format!r}")
     if source == "raw":
-        return [encode_text(tokenizer, t, max_len) for t in bench.raw(_raw_split(split))]
-    if source == "chunks":
-        return chunk_text(tokenizer, bench.raw_text(_raw_split(split)), max_len)
-    rows = bench.dialogue(_dialogue_split(split))
-    if source == "dialogue":
+        out = [encode_text(tokenizer, t, max_len) for t in bench.raw(_raw_split(split))]
+    elif source == "chunks":
+        out = chunk_text(tokenizer, bench.raw_text(_raw_split(split)), max_len)
+    elif source == "dialogue" and prompt_format == "plain":
+        system = PLAIN_SYSTEM_PROMPTS[_dialogue_split(split)]
+        out = []
+        for r in bench.dialogue(_dialogue_split(split)):
+            q, a = _qa_pair(r["messages"])
+            out.append(encode_plain_dialogue(tokenizer, q, a, system, max_len))
+    elif source == "dialogue":
         require_chat_template(tokenizer, f"the {split} set of {bench.path('dialogue')} (source 'dialogue')")
-        return [encode_dialogue(tokenizer, first_exchange(r["messages"]), max_len) for r in rows]
-    out = []
-    for r in rows:
-        q, a = _qa_pair(r["messages"])
-        out.append(encode_qa(tokenizer, q, a, max_len))
+        out = [encode_dialogue(tokenizer, first_exchange(r["messages"]), max_len)
+               for r in bench.dialogue(_dialogue_split(split))]
+    else:
+        out = [encode_qa(tokenizer, *_qa_pair(r["messages"]), max_len) for r in bench.dialogue(_dialogue_split(split))]
+    if not mask_pad_labels:
+        pad = static_pad_id if static_pad_id is not None else _tokenizer_pad_id(tokenizer)
+        out = [pad_to_length(e, max_len, pad) for e in out]
     return out
+
+
+def _tokenizer_pad_id(tokenizer) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return int(pad if pad is not None else tokenizer.eos_token_id)
+
+
+def build_run_examples(bench: Benchmark, tokenizer, bench_cfg: dict | None, max_len: int) -> tuple[list, list]:
+    """(forget, retain) examples of a run as its ``benchmark`` section says (:class:`ExampleFormat`): what the
+    probe and the unlearning job both train on."""
+    fmt = ExampleFormat.from_benchmark(bench_cfg)
+    kw = {"prompt_format": fmt.prompt_format, "mask_pad_labels": fmt.mask_pad_labels,
+          "static_pad_id": fmt.static_pad_id}
+    return (build_examples(bench, tokenizer, "forget", fmt.forget_source, max_len, **kw),
+            build_examples(bench, tokenizer, "retain", fmt.retain_source, max_len, **kw))
 
 
 def build_mixture_examples(path: str | os.PathLike, tokenizer, max_len: int) -> list[dict]:

@@ -11,14 +11,14 @@ from typing import Any, Sequence
 
 from . import losses as L
 from .base import LossMethod
-from .registry import ConfigBase, num, register_method
+from .registry import MethodConfig, num, register_method
 
 
 @register_method("finetune")
 class FineTune(LossMethod):
 
     @dataclasses.dataclass
-    class Config(ConfigBase):
+    class Config(MethodConfig):
         lr: float = num(1e-5, gt=0)
 
     def forget_loss(self, ctx, mb):

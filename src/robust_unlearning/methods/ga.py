@@ -6,7 +6,7 @@ import dataclasses
 from . import losses as L
 from .base import LossMethod
 from .gradients import with_term_means
-from .registry import ConfigBase, num, register_method
+from .registry import MethodConfig, num, register_method
 
 
 @register_method("ga")
@@ -14,7 +14,7 @@ class GA(LossMethod):
     """Unbounded objective: utility collapses quickly; evaluate several checkpoints (docs/methods.md, "GA")."""
 
     @dataclasses.dataclass
-    class Config(ConfigBase):
+    class Config(MethodConfig):
         lr: float = num(1e-5, gt=0)
 
     @property

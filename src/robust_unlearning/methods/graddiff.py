@@ -7,7 +7,7 @@ from . import losses as L
 from .base import LossMethod
 from .gradients import with_term_means
 from .objectives import RetainTerm, check_retain
-from .registry import ConfigBase, choice, num, register_method
+from .registry import MethodConfig, choice, num, register_method
 
 
 @register_method("graddiff")
@@ -15,7 +15,7 @@ class GradDiff(LossMethod):
     """KLR uses log-softmax on both sides and a per-token mean (ours); ``klr_form: muse_raw_logits`` replicates MUSE."""
 
     @dataclasses.dataclass
-    class Config(ConfigBase):
+    class Config(MethodConfig):
         lr: float = num(1e-5, gt=0)
         retain_loss: str = choice("gdr", ("gdr", "klr"))
         lambda_f: float = num(1.0, ge=0)

@@ -44,6 +44,7 @@ from .metering import Counters, current_memory_mb, peak_memory_mb, run_cost  # n
 from .preemption import Preempted, SignalGuard
 from .resume import input_fingerprint, jsonable as _jsonable
 from .train_config import LoraConfig, TrainConfig  # noqa: F401 (re-export)
+from .train_config import effective_train_config
 from .train_config import lr_lambda as _lr_lambda
 from .wrapping import unwrap_model, wrap_model
 
@@ -64,6 +65,7 @@ class Trainer:
     def __init__(self, model, tokenizer, method, tcfg: TrainConfig, forget: Sequence[dict], retain: Sequence[dict],
                  seed: int, device: str | torch.device | None = "auto", checkpoint_dir=None, probe_dir=None,
                  probe=None, log_path=None, fingerprint_extra: dict | None = None):
+        tcfg = effective_train_config(tcfg, method.cfg)   # the method's own steps/epochs, grad_clip, adam_eps
         self.method, self.tcfg, self.seed = method, tcfg, int(seed)
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device if device is None else pick_device(str(device))

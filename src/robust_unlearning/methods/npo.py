@@ -10,14 +10,14 @@ import dataclasses
 from .base import LossMethod
 from .gradients import with_term_means
 from .objectives import NPOTerm, RetainTerm, check_npo, check_retain
-from .registry import ConfigBase, choice, num, register_method
+from .registry import MethodConfig, choice, num, register_method
 
 
 @register_method("npo")
 class NPO(LossMethod):
 
     @dataclasses.dataclass
-    class Config(ConfigBase):
+    class Config(MethodConfig):
         lr: float = num(1e-5, gt=0)
         beta: float = num(0.1, gt=0)
         npo_form: str = choice("sequence", ("sequence", "batch_mean", "logit"))

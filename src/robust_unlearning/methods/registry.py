@@ -163,3 +163,43 @@ class ConfigBase:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+#: Loop settings a method may set for itself; given, they replace ``unlearning.train``'s for that method only
+#: (docs/methods.md, "The shared training loop"). Why per method: the published recipes differ between methods of
+#: one table (MUSE-Books: PRISM 1 epoch, the MUSE baselines 10; the reference RMU uses Adam ε 1e-6 and no
+#: clipping while the Hugging Face Trainer runs behind the others clip at 1.0 with ε 1e-8).
+LOOP_OVERRIDES = ("steps", "epochs", "grad_clip", "adam_eps")
+
+
+@dataclasses.dataclass
+class MethodConfig(ConfigBase):
+    """Base of every built-in method's ``Config``: the :data:`LOOP_OVERRIDES` keys, unset by default.
+
+    ``grad_clip: null`` or ``0`` turns clipping off for the method; ``steps`` / ``epochs`` replace the loop's
+    length (at most one of them); ``adam_eps`` replaces AdamW's ε. ``to_dict`` lists an override only when it was
+    given, so a method's recorded hyperparameters stay its own and the effective loop settings are recorded with
+    the loop's (run.json ``train``)."""
+    steps: int | None = num(None, gt=0)
+    epochs: int | None = num(None, gt=0)
+    grad_clip: float | None = num(None, ge=0)
+    adam_eps: float | None = num(None, gt=0)
+
+    def validate(self) -> None:
+        super().validate()     # ranges and the subclass's check()
+        for key, what in (("steps", "an integer > 0"), ("epochs", "an integer > 0"), ("adam_eps", "a number > 0")):
+            if self.given(key) and getattr(self, key) is None:
+                raise ConfigError(key, f"must be {what}; remove the key to keep unlearning.train's value")
+        if self.given("steps") and self.given("epochs"):
+            raise ConfigError("steps", "set at most one of steps / epochs for a method")
+
+    def loop_overrides(self) -> dict:
+        """The given override keys and their values (``grad_clip`` 0 → None: no clipping)."""
+        out = {k: getattr(self, k) for k in LOOP_OVERRIDES if self.given(k)}
+        if "grad_clip" in out and not out["grad_clip"]:
+            out["grad_clip"] = None
+        return out
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in super().to_dict().items() if k not in LOOP_OVERRIDES or self.given(k)}
+

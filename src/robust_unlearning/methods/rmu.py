@@ -16,7 +16,7 @@ from ..utils.repro import derive_seed
 from . import losses as L
 from .base import LossMethod
 from .gradients import with_term_means
-from .registry import ConfigBase, ConfigError, num, register_method
+from .registry import ConfigError, MethodConfig, num, register_method
 
 
 class _Stop(Exception):
@@ -52,7 +52,7 @@ class RMU(LossMethod):
     supports_lora = False
 
     @dataclasses.dataclass
-    class Config(ConfigBase):
+    class Config(MethodConfig):
         lr: float = num(1e-3, gt=0)
         layer: int = num(0, ge=0)                     # ℓ (0-based decoder block)
         layers: list[int] | None = None               # trainable blocks; None = ℓ−2..ℓ clipped at 0

@@ -51,7 +51,9 @@ def run_unlearning(model, tokenizer, method: str, params: dict, train_cfg: dict,
                 shutil.copytree(d, out_dir / "snapshots" / d.name, dirs_exist_ok=True)
     atomic_write_jsonl(out_dir / "train_log.jsonl", res["log"])
     config = {"method": method, "params": m.cfg.to_dict(), "params_given": dict(params or {}),
-              "train": tcfg.to_dict(), "probe_dir": str(probe_dir) if probe_dir is not None else None}
+              "train": trainer.tcfg.to_dict(),                  # in force: with the method's loop overrides
+              "train_overrides": dict(getattr(trainer.tcfg, "overrides", {})),
+              "probe_dir": str(probe_dir) if probe_dir is not None else None}
     snaps = sorted(p.name for p in (out_dir / "snapshots").iterdir()) if (out_dir / "snapshots").is_dir() else []
     run = {"method": method, "snapshots": snaps, "status": res["status"], "divergence": res["divergence"],
            "steps": res["steps_done"], "total_steps": res["total_steps"], "resumed_from": res["resumed_from"],

@@ -10,14 +10,14 @@ from . import losses as L
 from .base import LossMethod
 from .gradients import with_term_means
 from .objectives import RetainTerm, check_retain
-from .registry import ConfigBase, choice, num, register_method
+from .registry import MethodConfig, choice, num, register_method
 
 
 @register_method("simnpo")
 class SimNPO(LossMethod):
 
     @dataclasses.dataclass
-    class Config(ConfigBase):
+    class Config(MethodConfig):
         lr: float = num(1e-5, gt=0)
         beta: float = num(4.5, gt=0)
         gamma: float = 0.0

@@ -12,7 +12,7 @@ import torch
 from . import losses as L
 from .base import LossMethod
 from .gradients import with_term_means
-from .registry import ConfigBase, choice, num, register_method
+from .registry import MethodConfig, choice, num, register_method
 
 
 @register_method("task_vector")
@@ -20,7 +20,7 @@ class TaskVector(LossMethod):
     supports_lora = False
 
     @dataclasses.dataclass
-    class Config(ConfigBase):
+    class Config(MethodConfig):
         lr: float = num(1e-5, gt=0)
         alpha: float = num(5.0, gt=0)            # MUSE scripts: 5.0 (argparse default 1.0)
         ft_schedule: str = choice("cosine", ("cosine", "constant", "linear"))

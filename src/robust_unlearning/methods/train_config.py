@@ -58,6 +58,23 @@ class TrainConfig(ConfigBase):
         return {k: v for k, v in self.to_dict().items()}
 
 
+def effective_train_config(tcfg: TrainConfig, method_cfg) -> TrainConfig:
+    """``tcfg`` with the method's own loop settings (``MethodConfig.loop_overrides``: steps / epochs, grad_clip,
+    adam_eps) in place of the shared ones; ``tcfg`` itself when the method sets none (or has no such keys, as a
+    plugin's config may). The result records what was replaced in ``overrides``."""
+    get = getattr(method_cfg, "loop_overrides", None)
+    changes = dict(get()) if callable(get) else {}
+    if not changes:
+        return tcfg
+    if "steps" in changes:            # the method's length replaces the loop's, whichever way that was given
+        changes["epochs"] = None
+    elif "epochs" in changes:
+        changes["steps"] = None
+    new = TrainConfig.from_dict({**tcfg.to_dict(), **changes})
+    new.overrides = method_cfg.loop_overrides()   # a plain attribute, not a config key
+    return new
+
+
 def lr_lambda(schedule: str, total: int, warmup: int) -> Callable[[int], float]:
     """LR multiplier of optimizer step ``i``: linear warm-up over ``warmup`` steps, then constant/cosine/linear."""
     def f(i: int) -> float:
