@@ -32,8 +32,7 @@ rule attack_model:
         "../../envs/core.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=120,
+        **model_job_resources("attack_model"),
         gpu=1,
     # an unlearning run that diverged has nothing to attack: `ru attack` then writes attack.json alone (its
     # status) and the empty model folder only completes the job's outputs (the evaluation reads the status)
@@ -64,8 +63,7 @@ rule attack_prompt_model:
         "../../envs/core.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=120,
+        **model_job_resources("attack_prompt_model"),
         gpu=1,
     shell:
         "{params.ru} attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
@@ -92,8 +90,7 @@ rule attack_shared:
         "../../envs/core.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **model_job_resources("attack_shared", gpu=False),
     shell:
         "{params.ru} attack --attack {wildcards.attack:q} --settings {params.settings:q} --data {input.data:q}"
         " --model-dir {input.base:q} --out {output:q} --threads {threads} --dtype {MODEL_DTYPE} > {log:q} 2>&1"

@@ -120,6 +120,46 @@ PROBE_JSON = as_json(config_section("probe"))
 MODEL_DTYPE = config["model"]["dtype"]
 
 
+# ------------------------------------------------------------------------------------------------- resources
+# Every rule that loads a model takes mem_mb, runtime (and gpu_mem_mb where it asks for a GPU) from an estimate of
+# what it does with the model (src/robust_unlearning/resources.py; docs/cluster.md, "Resources follow the model"):
+# the architecture from the model's config.json, the precision, the trainable parameters, the method's frozen
+# copies and passes. Snakemake evaluates these when it plans and again when a job is ready to run, so a job that
+# starts after models/base was cached is sized from that model even if the plan was made before the download.
+# Resources are not job params: a changed estimate reruns nothing. A site overrides any of them with
+# `--set-resources rule:key=value` (or set-resources in its profile), which takes precedence over these.
+from robust_unlearning import resources as _resources
+
+_ESTIMATES = {}
+
+
+def job_estimate(rule, wildcards, threads=1):
+    """The resources.Estimate of one job of ``rule`` (memoised per job, architecture and data presence)."""
+    arch = _resources.find_architecture(config["model"], B)
+    wc = dict(wildcards.items())
+    key = (rule, tuple(sorted(wc.items())), arch, threads, os.path.isdir(f"{B}/data"))
+    if key not in _ESTIMATES:
+        job = {}
+        if rule == "unlearn":
+            run = RUN_BY_ID[f"unlearn/{wc['method']}/{wc['params']}/seed~{wc['seed']}"]
+            job.update(method=run.method, method_settings=run.settings)
+        if wc.get("attack", "none") != "none":
+            setting = ATTACK_BY_KEY.get((wc["attack"], wc["aparams"]))
+            job.update(attack=wc["attack"], attack_settings=setting.settings if setting else {})
+        _ESTIMATES[key] = _resources.estimate_job(rule, config, arch, data_dir=f"{B}/data", threads=threads, **job)
+    return _ESTIMATES[key]
+
+
+def model_job_resources(rule, gpu=True):
+    """``resources:`` entries of a model-loading rule (``**model_job_resources("unlearn")``); ``gpu=False`` for
+    rules that ask for no GPU (their device estimate is part of mem_mb)."""
+    res = {"mem_mb": lambda wildcards, threads: job_estimate(rule, wildcards, threads).mem_mb,
+           "runtime": lambda wildcards, threads: job_estimate(rule, wildcards, threads).runtime}
+    if gpu:
+        res["gpu_mem_mb"] = lambda wildcards, threads: job_estimate(rule, wildcards, threads).gpu_mem_mb
+    return res
+
+
 def model_dir(model_id):
     return f"{B}/{model_id}" if model_id.startswith("models/") else f"{B}/{model_id}/model"
 

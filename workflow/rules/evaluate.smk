@@ -24,8 +24,7 @@ rule evaluate:
         "../../envs/core.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **model_job_resources("evaluate"),
         gpu=1,
     shell:
         "{params.ru} evaluate --benchmark-name {params.bench:q} --evaluation {EVALUATION_JSON:q} --judges {params.judges:q}"
@@ -53,8 +52,7 @@ rule loss_landscape:
         "../../envs/core.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **model_job_resources("loss_landscape"),
         gpu=1,
     shell:
         "{params.ru} landscape --data {input.data:q} --model-dir {params.model:q} --points {params.points}"

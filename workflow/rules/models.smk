@@ -18,8 +18,7 @@ rule cache_pretrained_model:
         "../../envs/core.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **model_job_resources("cache_pretrained_model", gpu=False),
     shell:
         "{params.ru} cache-model --model {params.model:q} --data {input.data:q} --role pretrained --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"
@@ -44,8 +43,7 @@ rule cache_base_model:
         "../../envs/core.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=120,
+        **model_job_resources("cache_base_model", gpu=False),
     shell:
         "{params.ru} cache-model --model {params.model:q} --data {input.data:q} --role base --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"
@@ -73,8 +71,7 @@ rule train_retrain_oracle:
     priority: 10
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=120,
+        **model_job_resources("train_retrain_oracle", gpu=False),
     shell:
         "{params.ru} cache-model --model {params.model:q} --data {input.data:q} --role retrain --base-dir {input.base:q}"
         " --out {output:q} --threads {threads} > {log:q} 2>&1"
@@ -100,8 +97,7 @@ rule train_probe:
         "../../envs/core.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **model_job_resources("train_probe"),
         gpu=1,
     shell:
         "{params.ru} train-probe --probe {PROBE_JSON:q} --train {TRAIN_JSON:q} --benchmark {BENCHMARK_JSON:q}"

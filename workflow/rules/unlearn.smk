@@ -23,8 +23,7 @@ rule unlearn:
         "../../envs/core.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=240,
+        **model_job_resources("unlearn"),
         gpu=1,
     shell:
         "{params.ru} unlearn --method {wildcards.method:q} --settings {params.settings:q} --train {TRAIN_JSON:q}"
