@@ -74,7 +74,7 @@ def cmd_unlearn(args) -> int:
     from ..data.formats import Benchmark
     from ..data.unlearning_sets import build_run_examples
     from ..methods import TrainConfig, build_method, run_unlearning
-    from ..utils.repro import configure_threads, pick_device, seed_everything
+    from ..utils.repro import configure_threads, input_revisions, pick_device, seed_everything
 
     build_method(args.method, args.settings)      # a typo in the settings fails now, not after loading the model
     TrainConfig.from_dict(args.train)
@@ -90,7 +90,7 @@ def cmd_unlearn(args) -> int:
          f"examples, device {device}, {threads} threads")
     run_unlearning(model, tok, args.method, args.settings, args.train, forget, retain, Path(args.out), args.seed,
                    checkpoint_dir=Path(args.checkpoint_dir), probe_dir=Path(args.probe_dir) if args.probe_dir else None,
-                   device=str(device))
+                   device=str(device), inputs=input_revisions(args.model_dir, args.data))
     return 0
 
 

@@ -20,13 +20,14 @@ def build_method(method: str, params: dict | None):
 
 def run_unlearning(model, tokenizer, method: str, params: dict, train_cfg: dict, forget: Sequence[dict],
                    retain: Sequence[dict], out_dir, seed: int, checkpoint_dir, probe_dir=None,
-                   device: str = "auto") -> dict[str, Any]:
+                   device: str = "auto", inputs: dict | None = None) -> dict[str, Any]:
     """Unlearn ``forget`` from ``model`` (trained in place) and write the run folder.
 
     Writes ``out_dir/model/`` (safetensors + manifest), ``out_dir/train_log.jsonl`` and ``out_dir/run.json``
     (provenance, status ok|diverged, cost). Resumable state lives in ``checkpoint_dir`` (outside the Snakemake
     output); on SIGTERM/SIGINT it is saved and :class:`~.loop.Preempted` (SystemExit 143/130) is raised — rerunning
-    with the same arguments resumes. Returns the run.json dict.
+    with the same arguments resumes. ``inputs`` (``utils.repro.input_revisions``: the base model's and the data's
+    requested and resolved revisions) goes into run.json's provenance. Returns the run.json dict.
     """
     m = build_method(method, params)
     tcfg = TrainConfig.from_dict(train_cfg or {})
@@ -61,7 +62,7 @@ def run_unlearning(model, tokenizer, method: str, params: dict, train_cfg: dict,
            "data": {"n_forget": len(trainer.forget), "n_retain": len(trainer.retain),
                     "forget_sha256": trainer.fingerprint["forget_sha256"],
                     "retain_sha256": trainer.fingerprint["retain_sha256"]},
-           "provenance": provenance(config, seed, precision=res["cost"]["dtype"])}
+           "provenance": provenance(config, seed, precision=res["cost"]["dtype"], inputs=inputs)}
     atomic_write_json(out_dir / "run.json", run, checksum=True)
     trainer.clear_checkpoint()
     if tcfg.save_steps and not tcfg.keep_checkpoint and snap_root.parent != out_dir:

@@ -11,6 +11,8 @@ on ``train/retrain_mix.jsonl`` (the oracle). Dialogues go through the model's ow
 """
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -100,8 +102,62 @@ def copy_local(model_cfg: dict, out: Path) -> dict:
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
         convert_pickle_weights(model_cfg, tmp)
-        finish_tokenizer(model_cfg, tmp)
-    return {"source": "local", "path": str(src)}
+        record = {"source": "local", "path": str(src), "tokenizer": finish_tokenizer(model_cfg, tmp)}
+        write_source(tmp, record)
+    return record
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def hub_cache_commit(repo_id: str, revision: str | None, filename: str = "config.json",
+                     cache_dir: str | os.PathLike | None = None) -> str | None:
+    """The commit that ``revision`` (a branch, tag or commit; None = main) of a Hub repo resolves to in the
+    Hugging Face cache: the ``snapshots/<commit>/`` folder that holds ``filename`` (refs/<branch> names the
+    commit). None when the repo or the file is not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        hit = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision or "main")
+    except (ValueError, OSError):   # not a repo id (a local path)
+        return None
+    if not isinstance(hit, str):
+        return None
+    commit = Path(hit).parent.name
+    return commit if _COMMIT.fullmatch(commit) else None
+
+
+def local_dir_commit(local_dir: Path) -> str | None:
+    """The commit ``snapshot_download(local_dir=...)`` fetched: huggingface_hub writes one
+    ``.cache/huggingface/download/<file>.metadata`` per file whose first line is the commit hash. None unless
+    every file names the same commit."""
+    meta = Path(local_dir) / ".cache" / "huggingface" / "download"
+    commits = set()
+    for f in meta.rglob("*.metadata") if meta.is_dir() else ():
+        first = f.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0].strip()
+        if _COMMIT.fullmatch(first):
+            commits.add(first)
+    return commits.pop() if len(commits) == 1 else None
+
+
+def resolved_hub_commit(repo_id: str, revision: str | None, local_dir: Path | None = None,
+                        filename: str = "config.json") -> str | None:
+    """The Hub commit a download of ``repo_id`` at ``revision`` got: from the files fetched into ``local_dir``,
+    else from the HF cache, else ``revision`` itself when it is a full commit hash."""
+    commit = (local_dir_commit(local_dir) if local_dir is not None else None) or \
+        hub_cache_commit(repo_id, revision, filename)
+    if commit is None and revision and _COMMIT.fullmatch(revision):
+        commit = revision
+    return commit
+
+
+def write_source(model_dir: Path, record: dict) -> dict:
+    """The model folder's record of where it came from (``source.json``; run.json copies it, utils.repro)."""
+    from ..utils.io import atomic_write_json
+    from ..utils.repro import MODEL_SOURCE_FILE
+
+    atomic_write_json(Path(model_dir) / MODEL_SOURCE_FILE, record)
+    return record
 
 
 def snapshot_hub(model_cfg: dict, out: Path) -> dict:
@@ -119,8 +175,15 @@ def snapshot_hub(model_cfg: dict, out: Path) -> dict:
                           allow_patterns=patterns)
         check_model_dir(tmp, allow_pickle=model_cfg.get("allow_pickle", False))
         convert_pickle_weights(model_cfg, tmp)
-        finish_tokenizer(model_cfg, tmp)
-    return {"source": "hub", "repo_id": model_cfg["name_or_path"], "revision": model_cfg.get("revision")}
+        repo, revision = model_cfg["name_or_path"], model_cfg.get("revision")
+        commit = resolved_hub_commit(repo, revision, tmp)
+        record = {"source": "hub", "repo_id": repo, "revision": revision, "resolved_revision": commit,
+                  "tokenizer": finish_tokenizer(model_cfg, tmp, model_commit=commit)}
+        if commit is None:
+            print(f"warning: could not tell which commit of {repo} was downloaded (revision {revision or 'main'}); "
+                  "pin model.revision to a commit hash", flush=True)
+        write_source(tmp, record)
+    return record
 
 
 def convert_pickle_weights(model_cfg: dict, model_dir: Path) -> None:
@@ -141,13 +204,18 @@ def convert_pickle_weights(model_cfg: dict, model_dir: Path) -> None:
     print(f"allow_pickle: converted {', '.join(p.name for p in pickles)} to safetensors", flush=True)
 
 
-def finish_tokenizer(model_cfg: dict, model_dir: Path) -> None:
-    """Put the configured tokenizer (``model.tokenizer``) into the model folder and give it a pad token
-    (``model.pad_token``), so that every later job loads one self-contained folder offline."""
+def finish_tokenizer(model_cfg: dict, model_dir: Path, model_commit: str | None = None) -> dict:
+    """Put the configured tokenizer (``model.tokenizer`` at ``model.tokenizer_revision``) into the model folder and
+    give it a pad token (``model.pad_token``), so that every later job loads one self-contained folder offline.
+    Returns where the tokenizer came from: its id, the requested and the resolved commit (a tokenizer taken from
+    the model folder itself is the model's commit, ``model_commit``)."""
     from transformers import AutoTokenizer
 
-    source = model_cfg.get("tokenizer") or str(model_dir)
-    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.get("trust_remote_code", False))
+    named = model_cfg.get("tokenizer")
+    source = named or str(model_dir)
+    revision = model_cfg.get("tokenizer_revision") if named else None
+    kwargs = {"revision": revision} if revision else {}
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.get("trust_remote_code", False), **kwargs)
     if tok.pad_token_id is None:
         choice = model_cfg.get("pad_token")
         if choice is None:
@@ -155,6 +223,11 @@ def finish_tokenizer(model_cfg: dict, model_dir: Path) -> None:
                              "to 'eos' (as the MUSE reference does) or 'unk'")
         tok.pad_token = tok.eos_token if choice == "eos" else tok.unk_token
     tok.save_pretrained(model_dir)
+    if not named:
+        return {"id": None, "revision": None, "resolved_revision": model_commit}   # the model folder's own
+    local = Path(str(named)).expanduser().is_dir()
+    return {"id": named, "revision": revision,
+            "resolved_revision": None if local else resolved_hub_commit(named, revision, None, "tokenizer_config.json")}
 
 
 def finetune_settings(model_cfg: dict) -> dict | None:

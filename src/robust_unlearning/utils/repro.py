@@ -70,6 +70,39 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+#: The model folder's record of where it came from (written by models/cache.py): Hub repo id, the requested and
+#: the resolved commit of the weights and of the tokenizer.
+MODEL_SOURCE_FILE = "source.json"
+_SOURCE_KEYS = ("dataset", "id", "config", "revision", "resolved_revision")
+
+
+def input_revisions(model_dir: str | os.PathLike | None = None,
+                    data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The exact inputs of a run, for run.json: the base model's ``source.json`` (requested and resolved Hub
+    commits of weights and tokenizer; absent for models built here) and, per dataset of the data manifest, the
+    requested and resolved revision, plus the manifest's sha256 (it lists a sha256 per prepared file).
+
+    Why: a ``revision: null`` preset resolves to whatever the Hub's main branch is on the day it runs; the
+    resolved commit recorded here is what to pin to rerun it (docs/benchmarks.md, "Presets")."""
+    import json
+
+    out: dict[str, Any] = {}
+    if model_dir is not None:
+        src = Path(model_dir) / MODEL_SOURCE_FILE
+        out["model"] = json.loads(src.read_text(encoding="utf-8")) if src.is_file() else None
+    if data_dir is not None:
+        manifest = Path(data_dir) / "manifest.json"
+        if manifest.is_file():
+            raw = manifest.read_bytes()
+            sources = json.loads(raw).get("sources") or {}
+            out["data"] = {"manifest_sha256": hashlib.sha256(raw).hexdigest(),
+                           "sources": {name: {k: v[k] for k in _SOURCE_KEYS if k in v}
+                                       for name, v in sorted(sources.items()) if isinstance(v, dict)}}
+        else:
+            out["data"] = None
+    return out
+
+
 def provenance(config: dict | None = None, seed: int | None = None, **extra: Any) -> dict[str, Any]:
     """The block every run.json / metrics.json carries."""
     return {"config": config, "seed": seed, "git_revision": git_revision(), "versions": library_versions(),
