@@ -246,15 +246,18 @@ def find_architecture(model_cfg: dict, bench_dir: str | os.PathLike | None = Non
     source, name = model_cfg.get("source"), model_cfg.get("name_or_path")
     if source == "local" and name:
         candidates.append(Path(name).expanduser() / "config.json")
-    for path in candidates:
-        cfg = _read_config(path) if path.is_file() else None
-        if cfg is not None:
-            return Architecture.from_config(cfg, origin=str(path))
     if source == "hub" and name:
-        path = hub_cached_config(name, model_cfg.get("revision"))
-        cfg = _read_config(path) if path is not None else None
-        if cfg is not None:
+        candidates.append(lambda: hub_cached_config(name, model_cfg.get("revision")))
+    for candidate in candidates:
+        path = candidate() if callable(candidate) else candidate
+        cfg = _read_config(path) if path is not None and path.is_file() else None
+        if cfg is None:
+            continue
+        try:
             return Architecture.from_config(cfg, origin=str(path))
+        except ResourceConfigError as exc:  # a config.json this module cannot read: the job is sized as the
+            _warn(str(path), f"resources: {exc}; requests assume the fallback 8B shape")  # fallback, never fails
+            return Architecture.from_config(FALLBACK_CONFIG, origin="fallback")
     if source == "train_tiny":
         preset = model_cfg.get("preset", "tiny-llama")
         if preset not in TINY_PRESETS:
@@ -264,12 +267,17 @@ def find_architecture(model_cfg: dict, bench_dir: str | os.PathLike | None = Non
                "tie_word_embeddings": True, "max_position_embeddings": max(TINY_MAX_POSITIONS, max_len),
                "torch_dtype": "float32", **TINY_PRESETS[preset]}
         return Architecture.from_config(cfg, origin=f"train_tiny preset {preset}")
-    label = name or source
-    if label not in _WARNED:
-        _WARNED.add(label)
-        print(f"resources: no config.json for model {label!r} (not in {bench_dir}/models/base, not in the local "
-              f"hub cache): requests assume the fallback 8B shape until the model is cached", file=sys.stderr)
+    _warn(str(name or source), f"resources: no config.json for model {name or source!r} (not in "
+                               f"{bench_dir}/models/base, not in the local hub cache): requests assume the "
+                               "fallback 8B shape until the model is cached")
     return Architecture.from_config(FALLBACK_CONFIG, origin="fallback")
+
+
+def _warn(key: str, message: str) -> None:
+    """One line on stderr per model and process (the Snakefile asks for every job's resources)."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        print(message, file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------------ data sizes

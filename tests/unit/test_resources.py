@@ -222,6 +222,18 @@ def test_an_uncached_model_falls_back_with_a_warning_and_no_download(tmp_path, m
     assert "'org/not-cached-anywhere'" in capsys.readouterr().err
 
 
+def test_an_unreadable_config_is_sized_as_the_fallback_and_named(tmp_path, monkeypatch, capsys):
+    """A base model whose config.json lacks the sizes never stops the plan: one warning names file and key."""
+    monkeypatch.setattr(R, "_WARNED", set())
+    base = tmp_path / "bench" / "models" / "base"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    arch = R.find_architecture({"source": "gguf", "name_or_path": "x.gguf"}, tmp_path / "bench")
+    assert arch.origin == "fallback"
+    err = capsys.readouterr().err
+    assert str(base / "config.json") in err and "'num_attention_heads'" in err and err.count("\n") == 1
+
+
 def test_forget_examples_are_counted_from_the_prepared_data(tmp_path):
     data = tmp_path / "data"
     (data / "raw").mkdir(parents=True)
