@@ -261,7 +261,8 @@ def find_architecture(model_cfg: dict, bench_dir: str | os.PathLike | None = Non
     if source == "train_tiny":
         preset = model_cfg.get("preset", "tiny-llama")
         if preset not in TINY_PRESETS:
-            raise ResourceConfigError(f"model.preset: unknown preset {preset!r}; expected one of {sorted(TINY_PRESETS)}")
+            raise ResourceConfigError(f"model.preset: unknown preset {preset!r}; "
+                                      f"expected one of {sorted(TINY_PRESETS)}")
         max_len = int((model_cfg.get("train") or {}).get("max_len", 256))
         cfg = {"model_type": "llama", "vocab_size": int(model_cfg.get("vocab_size", 3000)) + TINY_SPECIAL_TOKENS,
                "tie_word_embeddings": True, "max_position_embeddings": max(TINY_MAX_POSITIONS, max_len),
@@ -509,7 +510,8 @@ def job_workload(rule: str, config: dict, arch: Architecture, data_dir: str | os
             dtype=dtype, train=True, trainable=lora_parameters(arch, lora) if lora else None, spare_buffer=passes > 1,
             # Task Vector keeps θ₀ for its fp32 arithmetic
             frozen_copies=1.0 if copy else 0.0, frozen_copy_bytes=4 if method == "task_vector" else None,
-            gradient_checkpointing=bool(train.get("gradient_checkpointing")), micro_batch=int(train.get("batch_size", 4)),
+            gradient_checkpointing=bool(train.get("gradient_checkpointing")),
+            micro_batch=int(train.get("batch_size", 4)),
             seq_len=max_len, passes_per_step=passes,
             ref_forwards_per_step=2.0 if copy else 0.0, tokens_per_pass=b_eff * max_len, steps=steps,
             # the cached reference: one forward over the forget set
@@ -519,13 +521,15 @@ def job_workload(rule: str, config: dict, arch: Architecture, data_dir: str | os
     if rule == "attack_model":
         s = attack_settings or {}
         if attack == "relearn":
-            max_len, batch_size, steps = int(s.get("max_len", 256)), int(s.get("batch_size", 4)), int(s.get("steps", 25))
+            max_len, batch_size = int(s.get("max_len", 256)), int(s.get("batch_size", 4))
+            steps = int(s.get("steps", 25))
             checkpointing = s.get("gradient_checkpointing")
             # the fine-tune objective is one pass: no spare buffer (methods/finetuning.py)
             return Workload(dtype=model_dtype, train=True, spare_buffer=False,
                             # None = on CUDA only (attacks/relearn.py): a GPU job checkpoints
                             gradient_checkpointing=True if checkpointing is None else bool(checkpointing),
-                            micro_batch=batch_size, seq_len=max_len, passes_per_step=1, tokens_per_pass=batch_size * max_len,
+                            micro_batch=batch_size, seq_len=max_len, passes_per_step=1,
+                            tokens_per_pass=batch_size * max_len,
                             steps=steps, writes_model=True, threads=threads, label="relearn")
         # quantize / weight_noise: the model and its modified copy. Both load it on the CPU; quantize's
         # bitsandbytes backend then works on the GPU, so both memories are sized for the two copies

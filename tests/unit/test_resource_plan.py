@@ -8,7 +8,6 @@ default, only where a preset writes float32."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
