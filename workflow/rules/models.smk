@@ -15,7 +15,7 @@ rule cache_pretrained_model:
     benchmark:
         f"{B}/benchmarks/cache_pretrained_model.tsv"
     conda:
-        "../../envs/core.yaml"
+        PRETRAINED_SOURCE_ENV
     threads: 2
     resources:
         **model_job_resources("cache_pretrained_model", gpu=False),
@@ -40,7 +40,7 @@ rule cache_base_model:
     benchmark:
         f"{B}/benchmarks/cache_base_model.tsv"
     conda:
-        "../../envs/core.yaml"
+        BASE_SOURCE_ENV
     threads: 2
     resources:
         **model_job_resources("cache_base_model", gpu=False),
