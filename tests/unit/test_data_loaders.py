@@ -299,6 +299,23 @@ def test_wmdp_is_deterministic_per_seed(tmp_path, wmdp, cache):
     assert m1["sources"]["split"]["train"] != read_json(out0 / "manifest.json")["sources"]["split"]["train"]
 
 
+def test_wmdp_reads_benchmark_source_with_the_schema_defaults_filled_in(tmp_path, wmdp, cache):
+    """The config schema fills in ``wmdp_source: null`` (= "as benchmark.source"): the mirror root is still read,
+    with pinned revisions too (found by the CPU dress rehearsal of the wmdp_bio preset, which read the Hub)."""
+    import yaml
+
+    from robust_unlearning.config import validate_config
+
+    cfg = yaml.safe_load((REPO / "workflow" / "presets" / "wmdp_bio.yaml").read_text())
+    cfg["benchmark"].update(source=str(HUB), cache_dir=cache)
+    cfg = validate_config(cfg)
+    assert cfg["benchmark"]["wmdp_source"] is None and cfg["benchmark"]["revision"]
+    out = tmp_path / "data"
+    manifest = prepare_wmdp_dialogue(cfg["benchmark"], out)
+    assert (out / "mcq" / "forget.jsonl").read_bytes() == (wmdp[0] / "mcq" / "forget.jsonl").read_bytes()
+    assert manifest["sources"]["wmdp"]["source"] == str(HUB / "cais" / "wmdp")
+
+
 def _write_dialogues(path: Path, rows: list) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 

@@ -131,7 +131,8 @@ def _sources(bench_cfg: dict) -> tuple[Any, Any]:
     ``cais/mmlu``, a local copy of ``cais/wmdp`` only, or a Hub id replacing ``cais/wmdp``; ``wmdp_source`` /
     ``mmlu_source`` set them one by one."""
     src = bench_cfg.get("source")
-    wmdp_src = bench_cfg.get("wmdp_source", src)
+    # the schema fills in wmdp_source: null, which means "as benchmark.source", not "the Hub"
+    wmdp_src = bench_cfg.get("wmdp_source") or src
     mmlu_src = bench_cfg.get("mmlu_source")
     if mmlu_src is None and src is not None:
         root = Path(str(src)).expanduser()
