@@ -24,7 +24,8 @@ PROBE = """
 import json, os, sys, time
 from pathlib import Path
 Path(os.environ["PROBE_OUT"]).write_text(json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(),
-    "marker": os.environ.get("JOB_MARKER"), "argv": sys.argv, "modules": "transformers" in sys.modules}))
+    "marker": os.environ.get("JOB_MARKER"), "argv": sys.argv, "modules": "transformers" in sys.modules,
+    "var": os.environ.get(os.environ.get("PROBE_VAR", ""))}))
 print("job stdout line", flush=True)
 if os.environ.get("PROBE_WAIT"):
     time.sleep(120)
@@ -148,3 +149,34 @@ def test_the_server_exits_when_the_process_that_started_it_does(tmp_path):
         time.sleep(0.2)
     assert not Path(f"/proc/{pid}").exists(), "the warm worker outlived the process that started it"
     assert not sock.exists()
+
+
+def test_variables_that_the_imports_set_do_not_turn_jobs_away(tmp_path):
+    """Snakemake's own process imports torch only when it validates a config it has not seen (the marker under
+    .snakemake/ru_validated/ skips that afterwards), so the server and the jobs usually start from an environment
+    without TORCHINDUCTOR_CACHE_DIR, which torch._dynamo sets in the server as it loads. Compared after the imports,
+    every job was refused (and paid the ~8 s import again): the server compares the environment it started with,
+    and hands the job the variables a fresh process would have set."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    sock = tmp_path / "warm.sock"
+    env["RU_WARM_SOCKET"] = str(sock)
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([str(RU), "--serve", str(sock), "--parent", str(os.getpid())], env=env, stdout=log,
+                            stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not sock.exists():
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "the warm worker did not start listening"
+            time.sleep(0.1)
+        cmd, job_env, workdir = _job(tmp_path, env)
+        job_env["PROBE_VAR"] = "TORCHINDUCTOR_CACHE_DIR"
+        res = subprocess.run(cmd, cwd=workdir, env=job_env, capture_output=True, text=True, timeout=120)
+        assert "fresh process" not in res.stderr, res.stderr
+        seen = json.loads((tmp_path / "seen.json").read_text())
+        assert seen["modules"]                           # served by the warm server
+        assert seen["var"]                               # and given what importing torch sets
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()

@@ -127,7 +127,12 @@ def _preload() -> None:
 def serve(path: str, parent: int) -> int:
     """Listen on ``path`` until ``parent``, the process that started the server (Snakemake), exits or sends SIGTERM.
     (``parent`` is given, not read: it may have exited before this process got here.)"""
+    # the environment this process was started with is what a job's must equal: imports set variables of their
+    # own (torch._dynamo sets TORCHINDUCTOR_CACHE_DIR when it loads), which a job's client, that imports neither,
+    # never has; they are handed on to the jobs as a fresh process would set them (_become_job)
+    started = dict(os.environ)
     _preload()
+    set_by_imports = {k: v for k, v in os.environ.items() if started.get(k) != v}
     import torch
 
     if torch.cuda.is_available():
@@ -145,7 +150,7 @@ def serve(path: str, parent: int) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Ctrl-C reaches a job through its client (which forwards it), not twice; the server ends with Snakemake
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    mine = _fingerprint(dict(os.environ))
+    mine = _fingerprint(started)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = f"{path}.{os.getpid()}.tmp"
     listener.bind(tmp)
@@ -161,7 +166,7 @@ def serve(path: str, parent: int) -> int:
             if os.fork() == 0:  # the supervisor of one job
                 listener.close()
                 try:
-                    _supervise(conn, mine)
+                    _supervise(conn, mine, set_by_imports)
                 finally:
                     os._exit(0)
             conn.close()
@@ -185,7 +190,7 @@ def _reap() -> None:
             return
 
 
-def _supervise(conn: socket.socket, mine: dict) -> None:
+def _supervise(conn: socket.socket, mine: dict, set_by_imports: dict | None = None) -> None:
     """Read one job, refuse it or fork it, relay its exit status; kill it if the client goes away."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     data, fds, _flags, _addr = socket.recv_fds(conn, _HEADER.size, 3)
@@ -203,7 +208,7 @@ def _supervise(conn: socket.socket, mine: dict) -> None:
         pid = os.fork()
         if pid == 0:
             conn.close()
-            _become_job(request, fds)
+            _become_job(request, fds, set_by_imports or {})
         for fd in fds:
             os.close(fd)
         conn.sendall(b"P" + struct.pack("!i", pid))
@@ -222,7 +227,7 @@ def _supervise(conn: socket.socket, mine: dict) -> None:
         conn.close()
 
 
-def _become_job(request: dict, fds: list[int]) -> None:
+def _become_job(request: dict, fds: list[int], set_by_imports: dict | None = None) -> None:
     """In the forked job: take the client's descriptors, directory, environment and argv, then run ``ru``."""
     code = 1
     try:
@@ -235,6 +240,8 @@ def _become_job(request: dict, fds: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        for key, value in (set_by_imports or {}).items():   # what the imports would have set in a fresh process
+            os.environ.setdefault(key, value)
         import tempfile
 
         tempfile.tempdir = None  # recomputed from this job's TMPDIR (Snakemake sets one per job)
