@@ -92,3 +92,21 @@ def test_landscape_runs_in_the_models_dtype(micro_model, tiny_tokenizer):
     assert {d.dtype for d in direction.values()} == {torch.bfloat16}
     res = loss_landscape_1d(model, tiny_tokenizer, S.FakeBench(), points=3, n_docs=2, max_len=32)
     assert len(res["loss"]["forget"]) == 3 and all(torch.isfinite(torch.tensor(v)) for v in res["loss"]["forget"])
+
+
+def test_landscape_of_a_dialogue_benchmark_uses_its_dialogues(micro_model, tiny_tokenizer, tmp_path):
+    """WMDP dialogue has no raw documents: the slice is taken on its forget / retain dialogues (found by the CPU
+    dress rehearsal of the wmdp_bio preset, whose landscape jobs failed on raw/forget.json)."""
+    import json
+
+    from robust_unlearning.data.formats import Benchmark
+
+    data = tmp_path / "data"
+    (data / "dialogue").mkdir(parents=True)
+    for split, (q, a) in {"forget": ("What is Veltrax?", "A pathogen."),
+                          "retain": ("Where is Orlinde?", "On the river Sable.")}.items():
+        row = {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        (data / "dialogue" / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
+    res = loss_landscape_1d(micro_model, tiny_tokenizer, Benchmark(data), points=3, n_docs=2, max_len=32)
+    assert all(len(v) == 3 and all(torch.isfinite(torch.tensor(v))) for v in res["loss"].values())
+    assert res["loss"]["forget"] != res["loss"]["retain"]

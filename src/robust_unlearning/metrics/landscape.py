@@ -4,7 +4,8 @@ L(α) = loss(θ + α·d) for α ∈ [−1, 1], d a random Gaussian direction, fi
 row of every weight matrix (each whole vector for 1-D tensors) is rescaled to the norm of the same row of θ, so
 the slice is comparable across models of one architecture. The same seed gives the same direction for every
 model, so methods are compared along the same kind of perturbation. Forget and retain losses are token-pooled
-CE on fixed documents (one batched forward per α and split).
+CE on fixed documents (one batched forward per α and split): the raw documents, or on a dialogue benchmark the
+forget / retain dialogues (loss on the answers).
 """
 from __future__ import annotations
 
@@ -31,6 +32,22 @@ def _loss(model, batch) -> float:
     return float(model(**batch).loss)
 
 
+def _documents(bench, tokenizer, split: str, raw_name: str, n_docs: int, max_len: int) -> list[dict]:
+    """The split's raw documents (MUSE, synthetic world); a dialogue benchmark (WMDP dialogue) has none: its
+    forget / retain dialogues then, through the chat template with the loss on the answer, as unlearning sees them."""
+    from ..data.formats import BenchmarkError
+
+    try:
+        docs = bench.raw(raw_name)
+    except BenchmarkError:
+        if not bench.has(f"dialogue/{split}.jsonl"):
+            raise
+        from ..data.unlearning_sets import build_examples
+
+        return build_examples(bench, tokenizer, split, "dialogue", max_len)[:n_docs]
+    return [encode_text(tokenizer, t, max_len) for t in docs[:n_docs]]
+
+
 @torch.inference_mode()
 def loss_landscape_1d(model, tokenizer, bench, points: int = 11, seed: int = 0, n_docs: int = 16,
                       max_len: int = 256, radius: float = 1.0) -> dict:
@@ -38,8 +55,7 @@ def loss_landscape_1d(model, tokenizer, bench, points: int = 11, seed: int = 0, 
     device = next(model.parameters()).device
     batches = {}
     for split, name in (("forget", "forget"), ("retain", "retain2")):
-        docs = bench.raw(name)[:n_docs]
-        b = pad_batch([encode_text(tokenizer, t, max_len) for t in docs], tokenizer.pad_token_id)
+        b = pad_batch(_documents(bench, tokenizer, split, name, n_docs, max_len), tokenizer.pad_token_id)
         batches[split] = {k: v.to(device) for k, v in b.items()}
     direction = filter_normalised_direction(model, seed)
     backup = {n: p.detach().clone() for n, p in model.named_parameters()}
