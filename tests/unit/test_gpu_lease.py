@@ -180,9 +180,12 @@ def test_only_commands_that_may_load_a_model_take_a_device(shim):
     cases = [(["unlearn"], True), (["--trust-remote-code", "evaluate"], True), (["cache-model"], True),
              (["--plugin", "aggregate", "train-probe"], True),   # a --plugin value is not the command
              (["landscape"], True), (["some-future-command"], True),
-             (["-v", "aggregate"], False), (["prepare-data"], False), (["validate-config", "x.yaml"], False)]
+             (["-v", "aggregate"], False), (["prepare-data"], False), (["validate-config", "x.yaml"], False),
+             # the warm worker's server lives as long as the run: with a lease it would keep a device from every job
+             (["--serve", "/nonexistent/socket", "--parent", "1"], False)]
     for argv, leased in cases:
         (shim / "calls.log").unlink(missing_ok=True)
+        # the stand-in job returns at once (it is not a server); what counts is whether the lease step ran
         assert subprocess.run([str(RU), *argv], env=base, timeout=60).returncode == 0
         assert _calls(shim)[0].startswith("-m robust_unlearning.utils.gpu_lease") is leased, (argv, _calls(shim))
 
@@ -221,3 +224,32 @@ def test_snakemake_starts_at_most_one_gpu_job_per_device(tmp_path, devices, user
     spans = [tuple(json.loads(p.read_text())) for p in sorted((tmp_path / "out").glob("*.json"))]
     assert len(spans) == 4
     assert max_concurrent(spans) == expected, (spans, res.stdout[-2000:])
+
+
+@pytest.mark.slow   # a Snakemake run of the real workflow: data and a 1-epoch base model, about a minute
+def test_the_workflow_leases_model_jobs_and_the_warm_worker_holds_no_device(tmp_path):
+    """The real workflow on a pretend one-GPU machine: the model job runs on the leased device, the data job takes
+    no lease, and the warm worker's server (a `ru` that lives as long as the run) holds none, or the model job
+    would wait for it forever."""
+    import fcntl
+
+    import relkit
+
+    cfg = relkit.mini_config()
+    cfg["model"]["train"]["epochs"] = 1
+    wd = relkit.copy_workflow(tmp_path / "wf", cfg)
+    (wd / "src").symlink_to(ROOT / "src")
+    locks = tmp_path / "locks"
+    env = relkit.snakemake_env({"RU_GPU_DEVICES": "0", "RU_GPU_LEASE_DIR": str(locks)})
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    res = relkit.run_snakemake(wd, f"{relkit.BENCH}/models/base", env=env, timeout=480)
+    assert res.returncode == 0, relkit.explain(res, wd)
+    assert "GPU lease: 1 GPU(s) on this machine" in res.stdout + res.stderr
+    logs = wd / relkit.BENCH / "logs"
+    model_log = (logs / "cache_base_model.log").read_text()
+    assert "ru: GPU lease: CUDA_VISIBLE_DEVICES=0" in model_log and "waiting" not in model_log, model_log[-2000:]
+    assert "GPU lease" not in (logs / "prepare_data.log").read_text()
+    holder = (locks / "gpu-0.lock").read_text().split()   # "pid N <module> <command>" of the last holder
+    assert holder[-1] == "cache-model" and holder[-2].startswith("robust_unlearning.cli."), holder
+    with open(locks / "gpu-0.lock") as fh:   # and nobody holds it once the run is over
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
