@@ -162,7 +162,7 @@ def write_source(model_dir: Path, record: dict) -> dict:
 
 def snapshot_hub(model_cfg: dict, out: Path) -> dict:
     """Download a hub repo once (login node), safetensors and tokenizer files only; later loads are offline."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     from ..utils.io import atomic_dir
     from .io import check_model_dir
@@ -171,8 +171,19 @@ def snapshot_hub(model_cfg: dict, out: Path) -> dict:
     if model_cfg.get("allow_pickle"):
         patterns.append("*.bin")
     with atomic_dir(out) as tmp:
-        snapshot_download(repo_id=model_cfg["name_or_path"], revision=model_cfg.get("revision"), local_dir=tmp,
-                          allow_patterns=patterns)
+        if constants.HF_HUB_OFFLINE:
+            # offline, snapshot_download(local_dir=<empty folder>) refuses even when the repo is in the HF cache
+            # (fetched beforehand, e.g. `hf download` on a login node): take the cached snapshot and copy it
+            snap = Path(snapshot_download(repo_id=model_cfg["name_or_path"], revision=model_cfg.get("revision"),
+                                          allow_patterns=patterns))
+            for f in sorted(snap.rglob("*")):
+                rel = f.relative_to(snap)
+                if f.is_file() and any(rel.match(p) for p in patterns):
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(f, tmp / rel)    # follows the cache's symlinks into blobs/
+        else:
+            snapshot_download(repo_id=model_cfg["name_or_path"], revision=model_cfg.get("revision"), local_dir=tmp,
+                              allow_patterns=patterns)
         check_model_dir(tmp, allow_pickle=model_cfg.get("allow_pickle", False))
         convert_pickle_weights(model_cfg, tmp)
         repo, revision = model_cfg["name_or_path"], model_cfg.get("revision")
