@@ -24,6 +24,9 @@ class RelearnDataError(ValueError):
 @register_attack("relearn")
 class Relearn:
     kind = "model"
+    # trains like an unlearning job: with unlearning.train.num_processes > 1 (the workflow passes it as
+    # $RU_TRAIN_PROCESSES) `ru attack` runs it as that many processes (docs/methods.md, "Several processes")
+    trains = True
 
     @dataclass
     class Config(AttackConfig):
@@ -80,10 +83,22 @@ class Relearn:
         checkpointing = cfg.gradient_checkpointing
         if checkpointing is None:
             checkpointing = next(model.parameters()).device.type == "cuda"
+        from ..methods import distributed
+
+        # N processes (docs/methods.md, "Several processes"): the batch of a step as N micro-batches, one per
+        # process (accumulation gives the one-batch gradient, so the attack is the same); one micro-batch of
+        # batch_size would leave all processes but one idle
+        group = distributed.current()
+        n_proc = 1 if group is None else group.world
+        bs, accum = (cfg.batch_size // n_proc, n_proc) if cfg.batch_size % n_proc == 0 else (cfg.batch_size, 1)
         # the model is loaded in the job's precision (ru attack --dtype = model.dtype) and trained in it
-        stats = finetune(model, tok, subset, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed,
-                         schedule=cfg.schedule, checkpoint_dir=checkpoint_dir, log_path=out_dir / "train_log.jsonl",
-                         train_cfg={"gradient_checkpointing": bool(checkpointing)})
+        stats, model = finetune(model, tok, subset, steps=cfg.steps, lr=cfg.lr, batch_size=bs,
+                                seed=seed, schedule=cfg.schedule, checkpoint_dir=checkpoint_dir,
+                                log_path=out_dir / "train_log.jsonl",
+                                train_cfg={"gradient_checkpointing": bool(checkpointing), "grad_accum": accum},
+                                return_model=True)
+        if group is not None and not group.is_main:   # one of several processes: process 0 writes
+            return {}
         model.eval()
         save_model(model, tok, out_dir / "model")
         return write_attack_json(out_dir, cls, cfg, seed, model_dir, bench, started,

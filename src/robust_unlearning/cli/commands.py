@@ -71,13 +71,20 @@ def cmd_train_probe(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
+    from .launch import relaunch, ru_argv
+
+    n_proc = (args.train or {}).get("num_processes")
+    if isinstance(n_proc, int) and n_proc > 1:   # before torch: the job becomes N processes (cli/launch.py)
+        relaunch(n_proc, ru_argv(args), (args.train or {}).get("distributed"))
     from ..data.formats import Benchmark
     from ..data.unlearning_sets import build_run_examples
     from ..methods import TrainConfig, build_method, run_unlearning
+    from ..methods import distributed
     from ..utils.repro import configure_threads, input_revisions, pick_device, seed_everything
 
     build_method(args.method, args.settings)      # a typo in the settings fails now, not after loading the model
     TrainConfig.from_dict(args.train)
+    group = distributed.init()                     # one of several processes: joins them, takes its GPU
     threads = configure_threads(args.threads)
     seed_everything(args.seed)
     device = pick_device(args.device)
@@ -91,6 +98,8 @@ def cmd_unlearn(args) -> int:
     run_unlearning(model, tok, args.method, args.settings, args.train, forget, retain, Path(args.out), args.seed,
                    checkpoint_dir=Path(args.checkpoint_dir), probe_dir=Path(args.probe_dir) if args.probe_dir else None,
                    device=str(device), inputs=input_revisions(args.model_dir, args.data))
+    if group is not None:
+        distributed.shutdown()
     return 0
 
 
@@ -113,6 +122,15 @@ def cmd_attack(args) -> int:
         atomic_write_json(out / "attack.json", {"status": _run_status(str(run_json)), "attack": args.attack})
         return 0
     attack = get_attack(args.attack)
+    group = None
+    if getattr(attack, "trains", False):   # relearning: as many processes as unlearning.train.num_processes
+        from .launch import env_processes, relaunch, ru_argv
+
+        if env_processes() > 1:
+            relaunch(env_processes(), ru_argv(args))
+        from ..methods import distributed
+
+        group = distributed.init()          # one of several processes: joins them, takes its GPU
     from ..attacks.common import set_load_dtype
 
     set_load_dtype(getattr(args, "dtype", "float32"))  # every attack's load_for_attack loads in this precision
@@ -121,6 +139,8 @@ def cmd_attack(args) -> int:
         extra["checkpoint_dir"] = Path(args.checkpoint_dir)  # attacks that train (relearn) resume from it
     attack.prepare(Path(args.model_dir), Benchmark(args.data), args.settings, out, args.seed,
                    device=str(pick_device(args.device)), **extra)
+    if group is not None:
+        distributed.shutdown()
     return 0
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .gradients import grad_stats, grads_of
+from .gradients import grad_stats, grads_of, local_parts
 
 
 class Method:
@@ -20,6 +20,7 @@ class Method:
     name: str = "?"
     Config: type
     supports_lora: bool = True
+    supports_fsdp: bool = True    # sharded parameters (docs/methods.md, "Several processes"); ddp always works
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -99,7 +100,7 @@ class LossMethod(Method):
             if stats:
                 buf = ctx.buffer()
                 g = grads_of(ctx.params)
-                torch._foreach_copy_(buf, g)
+                torch._foreach_copy_(local_parts(buf), local_parts(g))
                 ctx.zero_grad()
             logs.update(ctx.accumulate(r_fn, ctx.retain_mbs, "retain"))
             total += lr_ * logs["loss_retain"]
@@ -109,6 +110,6 @@ class LossMethod(Method):
                 logs["gnorm_f"] = st["gnorm_f"] / lf if lf > 0 else 0.0
                 logs["gnorm_r"] = st["gnorm_r"] / lr_ if lr_ > 0 else 0.0
                 logs["cos_fr"] = st["cos_fr"]
-                torch._foreach_add_(g_r, buf)
+                torch._foreach_add_(local_parts(g_r), local_parts(buf))
         logs["loss"] = total
         return logs

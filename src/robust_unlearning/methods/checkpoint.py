@@ -88,8 +88,10 @@ def verify_state(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_state(checkpoint_dir: str | Path | None, fingerprint: dict[str, Any]) -> tuple[dict, dict] | None:
-    """Return (state, meta) if a complete state exists; raise if it belongs to another configuration."""
+def load_state(checkpoint_dir: str | Path | None, fingerprint: dict[str, Any],
+               mmap: bool = False) -> tuple[dict, dict] | None:
+    """Return (state, meta) if a complete state exists; raise if it belongs to another configuration.
+    ``mmap``: the tensors map the file (copy-on-write) instead of being read into memory."""
     if checkpoint_dir is None:
         return None
     path = Path(checkpoint_dir) / STATE_DIR
@@ -109,7 +111,7 @@ def load_state(checkpoint_dir: str | Path | None, fingerprint: dict[str, Any]) -
         raise CheckpointMismatchError(
             f"{path}: checkpoint belongs to a different run (differs in {diff}); remove it or use another "
             "checkpoint_dir")
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True, mmap=mmap)
     return state, meta
 
 

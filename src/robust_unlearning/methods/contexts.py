@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from .batching import MicroBatch, make_microbatch
-from .gradients import accumulate_grad, grads_of, zero_grads
+from .gradients import accumulate_grad, accumulate_split, grads_of, zero_grads
 
 if TYPE_CHECKING:
     from .loop import Trainer
@@ -43,7 +43,12 @@ class Setup:
 
 
 class StepContext:
-    """Everything a method's ``step`` needs for one optimizer step; normalisers are over the logical batch."""
+    """Everything a method's ``step`` needs for one optimizer step; normalisers are over the logical batch.
+
+    ``forget_mbs`` / ``retain_mbs`` are ALL micro-batches of the logical batch, on every process of a run with
+    several (:mod:`.distributed`), so the normalisers are global counts; a phase goes through :meth:`accumulate`
+    or :meth:`accumulate_split`, which run this process's share and sum the gradient and terms over processes.
+    """
 
     def __init__(self, trainer: "Trainer", step: int, forget_mbs: list[MicroBatch], retain_mbs: list[MicroBatch]):
         self.trainer = trainer
@@ -76,7 +81,24 @@ class StepContext:
                           output_hidden_states=hidden_states)
 
     def accumulate(self, loss_fn: Callable, mbs: Sequence[MicroBatch], phase: str) -> dict[str, float]:
-        return accumulate_grad(loss_fn, mbs, phase, on_backward=lambda: self.counters.add("policy_backward"))
+        """Σ over the micro-batches ``mbs`` of ∇loss_fn in ``.grad`` (summed over processes); the summed terms."""
+        on_backward = lambda: self.counters.add("policy_backward")   # noqa: E731
+        group = self.trainer.group
+        if group is None:
+            return accumulate_grad(loss_fn, mbs, phase, on_backward=on_backward)
+        return group.accumulate(loss_fn, mbs, phase, self.params, self.trainer.sharded, on_backward=on_backward)
+
+    def accumulate_split(self, loss_fn: Callable, mbs: Sequence[MicroBatch], aux_buffer: Sequence[torch.Tensor],
+                         phase: str) -> dict[str, float]:
+        """:func:`~.gradients.accumulate_split` (main gradient in ``.grad``, aux in ``aux_buffer``), summed over
+        processes; counts ``policy_backward`` and ``probe_backward``."""
+        on_backward = lambda: self.counters.add("policy_backward")      # noqa: E731
+        on_aux = lambda: self.counters.add("probe_backward")            # noqa: E731
+        group = self.trainer.group
+        if group is None:
+            return accumulate_split(loss_fn, mbs, self.params, aux_buffer, phase, on_backward, on_aux)
+        return group.accumulate_split(loss_fn, mbs, self.params, aux_buffer, phase, self.trainer.sharded,
+                                      on_backward, on_aux)
 
     def grads(self) -> list[torch.Tensor]:
         return grads_of(self.params)

@@ -7,7 +7,7 @@ cosine schedule by default: fine-tuning, Task Vector and relearning use cosine, 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 from . import losses as L
 from .base import LossMethod
@@ -27,13 +27,15 @@ class FineTune(LossMethod):
 
 
 def finetune(model, tokenizer, examples: Sequence[dict], steps: int, lr: float, batch_size: int, seed: int,
-             schedule: str = "cosine", checkpoint_dir=None, log_path=None, train_cfg: dict | None = None
-             ) -> dict[str, Any]:
+             schedule: str = "cosine", checkpoint_dir=None, log_path=None, train_cfg: dict | None = None,
+             return_model: bool = False):
     """Fine-tune ``model`` in place on ``examples`` for ``steps`` optimizer steps (CE descent).
 
     The model stays on its device and dtype. ``train_cfg`` may add loop keys (grad_accum, max_len, lora, ...).
     Returns {"status", "steps", "final_loss", "losses", "cost", "log"}; raises Preempted on SIGTERM/SIGINT after
-    saving resumable state in ``checkpoint_dir`` (rerun with the same arguments to resume).
+    saving resumable state in ``checkpoint_dir`` (rerun with the same arguments to resume). ``return_model``:
+    (stats, the trained model to save) — ``model`` itself, except under FSDP (docs/methods.md, "Several
+    processes"), where it is a whole copy gathered on process 0 (None on the others).
     """
     from .loop import Trainer, TrainConfig
 
@@ -44,8 +46,9 @@ def finetune(model, tokenizer, examples: Sequence[dict], steps: int, lr: float, 
     trainer = Trainer(model, tokenizer, method, tcfg, examples, [], seed, device=None,
                       checkpoint_dir=checkpoint_dir, log_path=log_path)
     res = trainer.train()
-    trainer.finish()
+    final = trainer.finish()
     trainer.clear_checkpoint()
     losses = [r.get("loss") for r in res["log"]]
-    return {"status": res["status"], "steps": res["steps_done"], "final_loss": losses[-1] if losses else None,
-            "losses": losses, "cost": res["cost"], "log": res["log"], "divergence": res["divergence"]}
+    stats = {"status": res["status"], "steps": res["steps_done"], "final_loss": losses[-1] if losses else None,
+             "losses": losses, "cost": res["cost"], "log": res["log"], "divergence": res["divergence"]}
+    return (stats, final) if return_model else stats

@@ -11,6 +11,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from .distributed import PRIVATE, local_part, local_parts, reduce_sharded, sharded_mask
+
 
 class NonFiniteLoss(FloatingPointError):
     """A loss term (or gradient norm) is NaN/Inf; the loop turns it into a DivergenceError."""
@@ -34,16 +36,21 @@ def zero_grads(params: Sequence[torch.Tensor]) -> None:
     """Zero in place (keeps the allocation; ``None`` grads stay ``None``)."""
     gs = [p.grad for p in params if p.grad is not None]
     if gs:
-        torch._foreach_zero_(gs)
+        torch._foreach_zero_(local_parts(gs))
 
 
 def per_tensor_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[float]:
-    """⟨a_j, b_j⟩ per tensor in fp32, gathered with one host sync."""
+    """⟨a_j, b_j⟩ per tensor in fp32, gathered with one host sync. For FSDP shards (several processes) the
+    per-shard partial sums are added over processes (docs/methods.md, "Several processes")."""
+    mask = sharded_mask(a)
+    if mask is not None:
+        a, b = [local_part(x) for x in a], [local_part(y) for y in b]
     vals = [torch.dot(x.detach().reshape(-1).float(), y.detach().reshape(-1).float()) for x, y in zip(a, b)]
     if not vals:
         return []
     dev = vals[0].device
-    return torch.stack([v.to(dev) for v in vals]).tolist()
+    out = torch.stack([v.to(dev) for v in vals]).tolist()
+    return out if mask is None else reduce_sharded(out, mask)
 
 
 def dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -55,22 +62,29 @@ def global_norm(tensors: Sequence[torch.Tensor]) -> float:
     """‖·‖ over all tensors jointly, fp32 per tensor (docs/methods.md, "Notation")."""
     if not tensors:
         return 0.0
+    mask = sharded_mask(tensors)
+    if mask is not None:   # FSDP shards: squared norms of the local shards, summed over processes
+        norms = [torch.linalg.vector_norm(local_part(t).detach(), dtype=torch.float32) for t in tensors]
+        sq = [n * n for n in torch.stack([n.to(norms[0].device) for n in norms]).double().tolist()]
+        return math.sqrt(sum(reduce_sharded(sq, mask)))
     norms = [torch.linalg.vector_norm(t.detach(), dtype=torch.float32) for t in tensors]
     return float(torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms])))
 
 
 def accumulate_grad(loss_fn: Callable, microbatches: Iterable, phase: str = "",
-                    on_backward: Callable[[], None] | None = None) -> dict[str, float]:
+                    on_backward: Callable[[], None] | None = None, strict: bool = True) -> dict[str, float]:
     """Σ_j ∇ loss_fn(mb_j) accumulated in ``.grad``; returns the summed logged terms.
 
     ``loss_fn(mb)`` returns ``(loss, terms)`` where ``loss`` is already normalised by the *logical*-batch
     denominator (so the accumulated gradient equals the full-batch gradient, docs/methods.md, "The shared training loop") and ``terms``
     maps names to the tensors/floats to log. Raises :class:`NonFiniteLoss` before a non-finite backward.
+    ``strict=False`` (one of several processes, :mod:`.distributed`): never raises and always runs the backward,
+    returning the losses' values too (under private names) for the caller to check after summing over processes.
     """
     totals: dict[str, float] = {}
     for mb in microbatches:
         loss, terms = loss_fn(mb)
-        values = _checked_terms(terms, phase, [(f"loss_{phase}" if phase else "loss", loss)])
+        values = _term_values(terms, phase, [(f"loss_{phase}" if phase else "loss", loss)], strict)
         if loss.requires_grad:
             loss.backward()
             if on_backward is not None:
@@ -80,10 +94,15 @@ def accumulate_grad(loss_fn: Callable, microbatches: Iterable, phase: str = "",
     return totals
 
 
-def _checked_terms(terms: dict, phase: str, losses: Sequence[tuple[str, torch.Tensor]]) -> dict[str, float]:
-    """The micro-batch's logged terms as floats; a non-finite term or loss raises NonFiniteLoss naming it."""
+def _term_values(terms: dict, phase: str, losses: Sequence[tuple[str, torch.Tensor]],
+                 strict: bool = True) -> dict[str, float]:
+    """The micro-batch's logged terms as floats; a non-finite term or loss raises NonFiniteLoss naming it.
+    ``strict=False``: no check, and the losses' values are added under private names (prefix ``PRIVATE``)."""
     values = {k: (float(v.detach()) if torch.is_tensor(v) else float(v)) for k, v in terms.items()}
-    for k, v in [*values.items(), *((name, float(loss.detach())) for name, loss in losses)]:
+    named = [(name, float(loss.detach())) for name, loss in losses]
+    if not strict:
+        return {**values, **{PRIVATE + name: v for name, v in named}}
+    for k, v in [*values.items(), *named]:
         if not math.isfinite(v):
             raise NonFiniteLoss(k, v, phase)
     return values
@@ -92,7 +111,7 @@ def _checked_terms(terms: dict, phase: str, losses: Sequence[tuple[str, torch.Te
 def accumulate_split(loss_fn: Callable, microbatches: Iterable, params: Sequence[torch.Tensor],
                      aux_buffer: Sequence[torch.Tensor], phase: str = "",
                      on_backward: Callable[[], None] | None = None,
-                     on_aux_backward: Callable[[], None] | None = None) -> dict[str, float]:
+                     on_aux_backward: Callable[[], None] | None = None, strict: bool = True) -> dict[str, float]:
     """Two gradients from ONE forward per micro-batch: Σ_j ∇main_j accumulates in ``.grad``, Σ_j ∇aux_j in
     ``aux_buffer`` (which the caller has zeroed).
 
@@ -100,12 +119,13 @@ def accumulate_split(loss_fn: Callable, microbatches: Iterable, params: Sequence
     to keep ∇L_NPO and ∇L_probe apart, so that both norms can be logged and the relative γ can be set from them.
     Cost: one extra backward of ``aux`` per micro-batch through the layers ``aux`` depends on (for the probe: the
     layers up to the probe layer), and a transient copy of those gradients (``torch.autograd.grad``).
+    ``strict``: as in :func:`accumulate_grad`.
     """
     totals: dict[str, float] = {}
     params = list(params)
     for mb in microbatches:
         main, aux, terms = loss_fn(mb)
-        values = _checked_terms(terms, phase, [(f"loss_{phase}_main", main), (f"loss_{phase}_aux", aux)])
+        values = _term_values(terms, phase, [(f"loss_{phase}_main", main), (f"loss_{phase}_aux", aux)], strict)
         if aux.requires_grad:
             ga = torch.autograd.grad(aux, params, retain_graph=main.requires_grad, allow_unused=True)
             with torch.no_grad():
@@ -164,9 +184,9 @@ def sam_perturb(params: Sequence[torch.Tensor], rho: float, buffer: Sequence[tor
     scale = rho / (n + 1e-12) if (rho > 0 and n > 0) else 0.0
     with torch.no_grad():
         src = [p.data for p in params] if restore == "copy" else g
-        torch._foreach_copy_(list(buffer), src)
+        torch._foreach_copy_(local_parts(buffer), local_parts(src))
         if scale:
-            torch._foreach_add_([p.data for p in params], g, alpha=scale)
+            torch._foreach_add_(local_parts([p.data for p in params]), local_parts(g), alpha=scale)
     return scale, n
 
 
@@ -175,9 +195,9 @@ def sam_restore(params: Sequence[torch.Tensor], buffer: Sequence[torch.Tensor], 
     """Undo :func:`sam_perturb`: θ ← backup (``copy``) or θ ← θ − scale·g (``subtract``)."""
     with torch.no_grad():
         if restore == "copy":
-            torch._foreach_copy_([p.data for p in params], list(buffer))
+            torch._foreach_copy_(local_parts([p.data for p in params]), local_parts(buffer))
         elif scale:
-            torch._foreach_add_([p.data for p in params], list(buffer), alpha=-scale)
+            torch._foreach_add_(local_parts([p.data for p in params]), local_parts(buffer), alpha=-scale)
 
 
 # ------------------------------------------------------------------------------------------------- GCD
@@ -228,7 +248,7 @@ def project_out(g_f: Sequence[torch.Tensor], g_r: Sequence[torch.Tensor], scope:
     """In place: g_f ← g_f − c·g_r (global or per tensor). Returns the stats of :func:`gcd_coefficients`."""
     coeffs, stats = gcd_coefficients(g_f, g_r, scope, mode, eps)
     with torch.no_grad():
-        for x, y, c in zip(g_f, g_r, coeffs):
+        for x, y, c in zip(local_parts(g_f), local_parts(g_r), coeffs):
             if c:
                 x.add_(y, alpha=-c)
     return stats
@@ -242,7 +262,7 @@ def combine_gcd(g_f: Sequence[torch.Tensor], out_g_r: Sequence[torch.Tensor], la
     """
     coeffs, stats = gcd_coefficients(g_f, out_g_r, scope, mode, eps)
     with torch.no_grad():
-        for f, r, c in zip(g_f, out_g_r, coeffs):
+        for f, r, c in zip(local_parts(g_f), local_parts(out_g_r), coeffs):
             r.mul_(lambda_r - lambda_f * c).add_(f, alpha=lambda_f)
     return stats
 
@@ -260,5 +280,5 @@ def clip_grads(params: Sequence[torch.Tensor], max_norm: float | None) -> float:
     if max_norm is not None and math.isfinite(n) and n > max_norm:
         coef = max_norm / (n + 1e-6)
         with torch.no_grad():
-            torch._foreach_mul_(g, coef)
+            torch._foreach_mul_(local_parts(g), coef)
     return n

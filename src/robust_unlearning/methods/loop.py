@@ -33,7 +33,7 @@ from ..models.io import resolve_dtype
 from ..utils.faults import at as fault_point
 from ..utils.repro import derive_seed, pick_device, seed_everything
 from . import checkpoint as ckpt
-from . import batching, resume
+from . import batching, distributed, resume
 from .batching import MicroBatch, examples_sha256, make_microbatch, split_microbatches  # noqa: F401 (re-export)
 from .batching import truncate_examples as _truncate
 from .contexts import Setup, StepContext, decoder_layers  # noqa: F401 (re-export)
@@ -67,6 +67,11 @@ class Trainer:
                  probe=None, log_path=None, fingerprint_extra: dict | None = None):
         tcfg = effective_train_config(tcfg, method.cfg)   # the method's own steps/epochs, grad_clip, adam_eps
         self.method, self.tcfg, self.seed = method, tcfg, int(seed)
+        # several processes (docs/methods.md, "Several processes"): None with one, which leaves every path as it was
+        self.group = distributed.group_for(tcfg.num_processes)
+        self.dist_mode = distributed.resolve_mode(tcfg.distributed) if self.group is not None else None
+        self.sharded = self.dist_mode == "fsdp"
+        self.is_main = self.group is None or self.group.is_main
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device if device is None else pick_device(str(device))
         self.forget = _truncate(forget, tcfg.max_len)
@@ -87,13 +92,20 @@ class Trainer:
         self._stop_signal: int | None = None
         self.rows: list[dict] = []
         self.b_eff = tcfg.batch_size * tcfg.grad_accum
+        if self.group is not None and tcfg.grad_accum % self.group.world and self.is_main:
+            print(f"WARNING: {method.name}: grad_accum {tcfg.grad_accum} is not a multiple of the {self.group.world} "
+                  "processes: some run fewer micro-batches per step and wait for the others (the update is the "
+                  "same)", file=sys.stderr, flush=True)
         self.steps_per_epoch = max(1, math.ceil(len(self.forget) / self.b_eff))
         self.total_steps = tcfg.steps if tcfg.steps is not None else tcfg.epochs * self.steps_per_epoch
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.fingerprint = {
             "method": method.name, "params": _jsonable(method.cfg.to_dict()),
+            # how the run is spread over processes changes no number beyond float rounding: a checkpoint resumes
+            # with any number of processes (it holds whole tensors)
             "train": _jsonable({k: v for k, v in tcfg.to_dict().items()
-                                if k not in ("progress", "checkpoint_every", "keep_checkpoint", "save_steps")}),
+                                if k not in ("progress", "checkpoint_every", "keep_checkpoint", "save_steps",
+                                             "num_processes", "distributed")}),
             "seed": self.seed, "forget_sha256": examples_sha256(self.forget),
             "retain_sha256": examples_sha256(self.retain),
             **input_fingerprint(model, probe_dir),  # a rebuilt base model / probe never resumes a stale state
@@ -113,6 +125,18 @@ class Trainer:
         self.counters.clear()
         self.model = wrap_model(self.model, tcfg, method)
         method.select_trainable(self.model)
+        self.plain_spec = None
+        if self.sharded and (tcfg.lora is not None or not getattr(method, "supports_fsdp", True)):
+            # a grid's one distributed setting serves every method: these run replicated (LoRA's and RMU's
+            # optimizer state is small; Task Vector needs a whole model per GPU), with the same numbers
+            what = "LoRA" if tcfg.lora is not None else f"method {method.name}"
+            if self.is_main:
+                print(f"WARNING: {method.name}: {what} does not run sharded; distributed: ddp (every process holds "
+                      "the whole model)", file=sys.stderr, flush=True)
+            self.dist_mode, self.sharded = "ddp", False
+        if self.sharded:
+            self.plain_spec = distributed.PlainSpec(self.model)   # to rebuild a whole model at the end
+            self.group.shard(self.model)
         self.named_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not self.named_params:
             raise ValueError(f"{method.name}: no trainable parameters")
@@ -187,10 +211,10 @@ class Trainer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=self.start_step, desc=self.method.name,
-                   disable=not self.tcfg.progress, leave=False)
+                   disable=not (self.tcfg.progress and self.is_main), leave=False)
         live = self._open_live_log()
         try:
-            with self._signal_guard():
+            with self._signal_guard() as guard:
                 for step in range(self.start_step, self.total_steps):
                     try:
                         row = self.train_step(step)
@@ -210,17 +234,22 @@ class Trainer:
                     if self.tcfg.progress:
                         bar.set_postfix(loss=f"{row.get('loss', float('nan'))}")
                     if self.snapshot_fn is not None and self.tcfg.save_steps and step + 1 in self.tcfg.save_steps:
-                        self.snapshot_fn(self.model, step + 1)
+                        self._snapshot(step + 1)
                     for hook in list(STEP_HOOKS):
                         hook(self, step + 1)
                     fault_point(f"step={step + 1}")  # RU_FAULT_INJECT (tests only): a crash between checkpoints
+                    if self.group is not None:   # all processes stop after the same step
+                        self._stop_signal = self.group.agree_stop(self._stop_signal)
+                        if self._stop_signal is not None:
+                            guard.note_stop()
                     every = self.tcfg.checkpoint_every
                     if self._stop_signal is not None or (every and (step + 1) % every == 0
                                                          and step + 1 < self.total_steps):
                         self.save_checkpoint(step + 1)
                     if self._stop_signal is not None:
                         exc = Preempted(self._stop_signal, step + 1, self.checkpoint_dir)
-                        print(f"{self.method.name}: {exc}", file=sys.stderr, flush=True)
+                        if self.is_main:
+                            print(f"{self.method.name}: {exc}", file=sys.stderr, flush=True)
                         raise exc
         finally:
             bar.close()
@@ -231,23 +260,35 @@ class Trainer:
                   "method_info": _jsonable(self.method.info()), "resumed_from": self.start_step or None}
         return result
 
-    def finish(self) -> torch.nn.Module:
+    def finish(self) -> torch.nn.Module | None:
         """Unwrap (merge LoRA) and drop the frozen copy; returns the model to save (checkpoint kept until
-        :meth:`clear_checkpoint`, so a kill while saving the outputs still resumes)."""
+        :meth:`clear_checkpoint`, so a kill while saving the outputs still resumes). With FSDP: a whole copy
+        on CPU gathered from the shards, on process 0 (None on the others, which write nothing)."""
         model = unwrap_model(self.model, self.tcfg)
+        if self.sharded:
+            model = distributed.full_model(model, self.plain_spec, self.is_main)
         self.ref_model = None
         self._buffer = None
         return model
 
+    def _snapshot(self, step: int) -> None:
+        model = distributed.full_model(self.model, self.plain_spec, self.is_main) if self.sharded else self.model
+        if self.is_main:
+            self.snapshot_fn(model, step)
+
     def clear_checkpoint(self) -> None:
         """Remove the resumable state once the final outputs are safely written (unless keep_checkpoint)."""
-        if not self.tcfg.keep_checkpoint and self.checkpoint_dir is not None:
+        if not self.tcfg.keep_checkpoint and self.checkpoint_dir is not None and self.is_main:
             ckpt.clear_state(self.checkpoint_dir)
             (self.checkpoint_dir / "train_log.live.jsonl").unlink(missing_ok=True)
 
     def cost(self) -> dict[str, Any]:
-        return run_cost(self.rows, self.counters, self.setup_counters, self.setup_s, self.device,
-                        next(self.model.parameters()).dtype, self.b_eff, self.tcfg.batch_size, self.tcfg.grad_accum)
+        counters, setup = self.counters, self.setup_counters
+        if self.group is not None:   # passes of all processes (a collective: every process calls cost())
+            counters, setup = self.group.sum_counts(counters), self.group.sum_counts(setup)
+        return run_cost(self.rows, counters, setup, self.setup_s, self.device,
+                        next(self.model.parameters()).dtype, self.b_eff, self.tcfg.batch_size, self.tcfg.grad_accum,
+                        processes=1 if self.group is None else self.group.world, distributed=self.dist_mode)
 
     # -------------------------------------------------------------------------------------------- checkpointing
     def _state(self, steps_done: int) -> dict[str, Any]:
@@ -261,7 +302,7 @@ class Trainer:
 
     def _open_live_log(self):
         path = self.log_path or (self.checkpoint_dir / "train_log.live.jsonl" if self.checkpoint_dir else None)
-        if path is None:
+        if path is None or not self.is_main:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(path, "w", encoding="utf-8")
@@ -274,7 +315,7 @@ class Trainer:
     _SignalGuard = SignalGuard
 
     def _signal_guard(self):
-        return SignalGuard(self)
+        return SignalGuard(self, relayed=self.group is not None)
 
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
         """What the signal handler does: checkpoint after the current step, then raise :class:`Preempted`."""

@@ -26,8 +26,10 @@ def current_memory_mb(device: torch.device) -> float:
 
 
 def run_cost(rows: Sequence[dict], counters: dict, setup_counters: dict, setup_s: float, device: torch.device,
-             dtype: torch.dtype, b_eff: int, batch_size: int, grad_accum: int) -> dict[str, Any]:
-    """Median step time (the first five steps are warm-up), throughput, peak memory and passes per step."""
+             dtype: torch.dtype, b_eff: int, batch_size: int, grad_accum: int, processes: int = 1,
+             distributed: str | None = None) -> dict[str, Any]:
+    """Median step time (the first five steps are warm-up), throughput, peak memory and passes per step.
+    With several processes: passes summed over them, peak memory of process 0's device."""
     times = [r["step_time_s"] for r in rows if "step_time_s" in r]
     tail = times[5:] if len(times) > 5 else times
     tokens = sum(r.get("tokens", 0) for r in rows)
@@ -36,7 +38,8 @@ def run_cost(rows: Sequence[dict], counters: dict, setup_counters: dict, setup_s
             "tokens_per_s": tokens / sum(times) if times and sum(times) > 0 else None,
             "peak_mem_mb": peak_memory_mb(device), "steps": len(rows),
             "effective_batch": b_eff * 1, "per_device_batch": batch_size,
-            "grad_accum": grad_accum, "processes": 1,
+            "grad_accum": grad_accum, "processes": processes,
+            **({"distributed": distributed} if distributed else {}),
             "passes": dict(counters), "passes_per_step": {k: v / n for k, v in counters.items()},
             "setup_passes": setup_counters, "setup_s": setup_s,
             "device": str(device), "dtype": str(dtype)}

@@ -36,7 +36,7 @@ import torch
 
 from . import losses as L
 from .base import Method
-from .gradients import accumulate_split, dot, global_norm, grads_of, with_term_means
+from .gradients import dot, global_norm, grads_of, local_parts, with_term_means
 from .objectives import NPOTerm, RetainTerm, check_npo, check_retain
 from .registry import ConfigError, choice, num, register_method
 from .sam_npo import SAMNPO
@@ -174,7 +174,7 @@ class PRISM(Method):
         .grad ← ∇L_NPO + γ_t·∇L_probe = ∇ℓ_f(θ). ``state["gamma"]`` carries γ_t to the SAM pass."""
         c = self.cfg
         buf = ctx.buffer()
-        torch._foreach_zero_(buf)
+        torch._foreach_zero_(local_parts(buf))
 
         def split_fn(mb):
             out = ctx.forward(mb, hidden_states=True)
@@ -182,16 +182,14 @@ class PRISM(Method):
             l_probe, p_retain = self._probe_loss(ctx, mb, out)
             return l_npo, l_probe, {"loss_npo": l_npo, "loss_probe": l_probe, "probe_p_retain": p_retain}
 
-        t1 = accumulate_split(split_fn, ctx.forget_mbs, ctx.params, buf, "forget",
-                              on_backward=lambda: ctx.counters.add("policy_backward"),
-                              on_aux_backward=lambda: ctx.counters.add("probe_backward"))
+        t1 = ctx.accumulate_split(split_fn, ctx.forget_mbs, buf, "forget")
         g = grads_of(ctx.params)
         n_npo, n_probe = global_norm(g), global_norm(buf)
         gamma = relative_gamma(scale, n_npo, n_probe) if c.gamma_mode == "relative" else scale
         inner = dot(g, buf)   # ⟨∇L_NPO, ∇L_probe⟩, before .grad becomes the sum
         with torch.no_grad():
             if gamma:
-                torch._foreach_add_(g, buf, alpha=gamma)
+                torch._foreach_add_(local_parts(g), local_parts(buf), alpha=gamma)
         state["gamma"] = gamma
         t1["loss_forget"] = t1["loss_npo"] + gamma * t1["loss_probe"]
         t1.update(gnorm_npo=n_npo, gnorm_probe=n_probe, gnorm_probe_weighted=gamma * n_probe,

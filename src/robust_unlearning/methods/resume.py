@@ -96,38 +96,96 @@ def discard_stale_checkpoint(t: "Trainer") -> bool:
 
 
 def trainer_state(t: "Trainer", steps_done: int) -> dict[str, Any]:
-    return {"trainable": {n: p.detach().to("cpu", copy=True) for n, p in t.named_params},
-            "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
-            "rng": ckpt.rng_state(), "step": steps_done, "rows": json.dumps(t.rows),
-            "counters": json.dumps(t.counters)}
+    """The resumable state. With several processes (docs/methods.md, "Several processes") every process calls
+    it (gathering FSDP shards and summing the pass counters are collectives) and process 0's is the one saved:
+    whole tensors in the one-process layout, so a checkpoint resumes with any number of processes."""
+    g = getattr(t, "group", None)
+    if g is None:
+        return {"trainable": {n: p.detach().to("cpu", copy=True) for n, p in t.named_params},
+                "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+                "rng": ckpt.rng_state(), "step": steps_done, "rows": json.dumps(t.rows),
+                "counters": json.dumps(t.counters)}
+    from . import distributed
+
+    keep = g.is_main
+    trainable = {}
+    for n, p in t.named_params:
+        whole = distributed.full_tensor(p.detach()) if t.sharded else p.detach()
+        if keep:
+            trainable[n] = whole.to("cpu", copy=True)
+    optimizer = t.optimizer.state_dict()
+    if t.sharded:   # AdamW's moments are sharded like the parameters: whole tensors, in the same order everywhere
+        whole_state = {}
+        for i in sorted(optimizer["state"]):
+            entry = {}
+            for k in sorted(optimizer["state"][i]):
+                v = optimizer["state"][i][k]
+                w = distributed.full_tensor(v) if torch.is_tensor(v) else v
+                if keep:
+                    entry[k] = w.to("cpu", copy=True) if torch.is_tensor(w) else w
+                del w   # the other processes only take part in the gather
+            whole_state[i] = entry
+        optimizer = {"state": whole_state, "param_groups": optimizer["param_groups"]}
+    counters = g.sum_counts(t.counters)
+    return {"trainable": trainable, "optimizer": optimizer, "scheduler": t.scheduler.state_dict(),
+            "rng": ckpt.rng_state(), "step": steps_done, "rows": json.dumps(t.rows), "counters": json.dumps(counters)}
 
 
 def save_trainer(t: "Trainer", steps_done: int) -> None:
     if t.checkpoint_dir is None:
         return
-    ckpt.save_state(t.checkpoint_dir, trainer_state(t, steps_done),
-                    {"fingerprint": t.fingerprint, "step": steps_done, "total_steps": t.total_steps,
-                     "saved_at": time.time()})
+    state = trainer_state(t, steps_done)
+    g = getattr(t, "group", None)
+    if g is None or g.is_main:
+        ckpt.save_state(t.checkpoint_dir, state, {"fingerprint": t.fingerprint, "step": steps_done,
+                                                  "total_steps": t.total_steps, "saved_at": time.time()})
+    if g is not None:   # no process leaves (e.g. Preempted) while process 0 is still writing
+        g.barrier()
 
 
 def resume_trainer(t: "Trainer") -> None:
-    """Restore ``t`` from its checkpoint dir if a matching state exists (sets ``t.start_step``)."""
-    discard_stale_checkpoint(t)
-    loaded = ckpt.load_state(t.checkpoint_dir, jsonable(t.fingerprint))
+    """Restore ``t`` from its checkpoint dir if a matching state exists (sets ``t.start_step``).
+
+    With several processes, process 0 first settles what is there (deletes a stale state, moves a corrupt one
+    aside, refuses a foreign one); then every process reads the same state (memory-mapped, so a machine's
+    processes share one copy of the file in memory)."""
+    g = getattr(t, "group", None)
+    loaded = None
+    if g is None or g.is_main:
+        discard_stale_checkpoint(t)
+        loaded = ckpt.load_state(t.checkpoint_dir, jsonable(t.fingerprint), mmap=g is not None)
+    if g is not None:
+        g.barrier()
+        if not g.is_main:
+            loaded = ckpt.load_state(t.checkpoint_dir, jsonable(t.fingerprint), mmap=True)
     if loaded is None:
         return
     state, _meta = loaded
     names = {n for n, _ in t.named_params}
     if set(state["trainable"]) != names:
         raise ckpt.CheckpointMismatchError(f"{t.checkpoint_dir}: trainable parameter names differ")
+    sharded = getattr(t, "sharded", False)
+    from . import distributed
+
     with torch.no_grad():
         for n, p in t.named_params:
-            p.copy_(state["trainable"][n])
-    t.optimizer.load_state_dict(state["optimizer"])
+            p.copy_(distributed.like(state["trainable"][n], p) if sharded else state["trainable"][n])
+    optimizer = state["optimizer"]
+    if sharded:   # whole moments → this process's shards, laid out like their parameters
+        params = t.optimizer.param_groups[0]["params"] if len(t.optimizer.param_groups) == 1 else None
+        if params is None:
+            raise ckpt.CheckpointMismatchError("FSDP resume expects one optimizer parameter group")
+        optimizer = {"param_groups": optimizer["param_groups"],
+                     "state": {i: {k: (distributed.like(v, params[int(i)]) if torch.is_tensor(v) and k != "step"
+                                       else v) for k, v in entry.items()}
+                               for i, entry in optimizer["state"].items()}}
+    t.optimizer.load_state_dict(optimizer)
     t.scheduler.load_state_dict(state["scheduler"])
     ckpt.set_rng_state(state["rng"])
     t.start_step = int(state["step"])
     t.rows = json.loads(state["rows"])
-    t.counters.update(json.loads(state["counters"]))
-    print(f"{t.method.name}: resumed from step {t.start_step} of {t.total_steps} "
-          f"(checkpoint {t.checkpoint_dir})", file=sys.stderr, flush=True)
+    if g is None or g.is_main:   # the saved counters are the sum over processes: counted once, by process 0
+        t.counters.update(json.loads(state["counters"]))
+    if g is None or g.is_main:
+        print(f"{t.method.name}: resumed from step {t.start_step} of {t.total_steps} "
+              f"(checkpoint {t.checkpoint_dir})", file=sys.stderr, flush=True)

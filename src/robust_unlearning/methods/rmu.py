@@ -49,6 +49,8 @@ def hidden_at(model, mb, layer: int, counters=None, key: str = "policy_forward")
 
 @register_method("rmu")
 class RMU(LossMethod):
+    # hidden_at stops the forward inside a decoder block, which FSDP's per-block gather/free does not survive
+    supports_fsdp = False
     supports_lora = False
 
     @dataclasses.dataclass

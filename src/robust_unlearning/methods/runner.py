@@ -28,6 +28,9 @@ def run_unlearning(model, tokenizer, method: str, params: dict, train_cfg: dict,
     output); on SIGTERM/SIGINT it is saved and :class:`~.loop.Preempted` (SystemExit 143/130) is raised — rerunning
     with the same arguments resumes. ``inputs`` (``utils.repro.input_revisions``: the base model's and the data's
     requested and resolved revisions) goes into run.json's provenance. Returns the run.json dict.
+
+    One of several processes (docs/methods.md, "Several processes"): every process trains, process 0 writes the
+    folder and returns the dict, the others return None.
     """
     m = build_method(method, params)
     tcfg = TrainConfig.from_dict(train_cfg or {})
@@ -45,6 +48,8 @@ def run_unlearning(model, tokenizer, method: str, params: dict, train_cfg: dict,
         trainer.snapshot_fn = snapshot
     res = m.run(trainer)
     final = trainer.finish()
+    if not trainer.is_main:
+        return None
     save_model(final, tokenizer, out_dir / "model")
     if tcfg.save_steps and snap_root.parent != out_dir and snap_root.is_dir():
         for d in sorted(snap_root.iterdir()):

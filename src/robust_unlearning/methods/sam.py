@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from .gradients import combine_gcd, global_norm, grads_of, sam_perturb, sam_restore
+from .gradients import combine_gcd, global_norm, grads_of, local_parts, sam_perturb, sam_restore
 
 
 def sam_gcd_step(ctx, forget_fn: Callable, retain_fn: Callable | None, *, rho: float, lambda_f: float,
@@ -46,7 +46,7 @@ def sam_gcd_step(ctx, forget_fn: Callable, retain_fn: Callable | None, *, rho: f
     else:
         logs["gnorm_forget"] = global_norm(grads_of(params))
     with torch.no_grad():
-        torch._foreach_copy_(buf, grads_of(params))   # buffer ← g_f
+        torch._foreach_copy_(local_parts(buf), local_parts(grads_of(params)))   # buffer ← g_f
     loss_f = t2["loss_forget"] if rho > 0 else t1["loss_forget"]
     total = lambda_f * t1["loss_forget"]
     if retain_fn is not None and ctx.retain_mbs and lambda_r > 0:
@@ -58,9 +58,9 @@ def sam_gcd_step(ctx, forget_fn: Callable, retain_fn: Callable | None, *, rho: f
     else:
         with torch.no_grad():
             g = grads_of(params)
-            torch._foreach_copy_(g, buf)
+            torch._foreach_copy_(local_parts(g), local_parts(buf))
             if lambda_f != 1.0:
-                torch._foreach_mul_(g, lambda_f)
+                torch._foreach_mul_(local_parts(g), lambda_f)
     logs["loss_forget_at_update"] = loss_f
     logs["loss"] = total
     return logs

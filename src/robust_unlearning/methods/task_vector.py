@@ -18,6 +18,7 @@ from .registry import MethodConfig, choice, num, register_method
 @register_method("task_vector")
 class TaskVector(LossMethod):
     supports_lora = False
+    supports_fsdp = False   # θ₀ − α·τ is computed on whole tensors (with several processes: distributed: ddp)
 
     @dataclasses.dataclass
     class Config(MethodConfig):

@@ -42,6 +42,10 @@ class TrainConfig(ConfigBase):
     adam_eps: float = num(1e-8, gt=0)
     weight_decay: float = num(0.0, ge=0)
     log_grad_stats: bool = True               # ‖g_f‖, ‖g_r‖, cos: one extra gradient-sized buffer for 2-phase methods
+    # several processes for one model (docs/methods.md, "Several processes"): None/1 = one process; N > 1 = the
+    # job relaunches itself under `accelerate launch --num_processes N` (one GPU each), the same global batch
+    num_processes: int | None = num(None, gt=0)
+    distributed: str | None = choice(None, ("ddp", "fsdp"))   # None: ddp (replicated), or $RU_DISTRIBUTED
 
     def check(self) -> None:
         if (self.steps is None) == (self.epochs is None):
