@@ -25,7 +25,10 @@ import json, os, sys, time
 from pathlib import Path
 Path(os.environ["PROBE_OUT"]).write_text(json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(),
     "marker": os.environ.get("JOB_MARKER"), "argv": sys.argv, "modules": "transformers" in sys.modules,
-    "var": os.environ.get(os.environ.get("PROBE_VAR", ""))}))
+    "var": os.environ.get(os.environ.get("PROBE_VAR", "")),
+    "lm_eval_index": getattr(sys.modules.get("robust_unlearning.metrics.lm_eval_backend"), "_builtin_task_manager",
+                             None) is not None and sys.modules["robust_unlearning.metrics.lm_eval_backend"]
+                             ._builtin_task_manager.cache_info().currsize}))
 print("job stdout line", flush=True)
 if os.environ.get("PROBE_WAIT"):
     time.sleep(120)
@@ -78,6 +81,7 @@ def test_a_job_runs_forked_from_the_server_with_its_own_cwd_env_output_and_exit_
     assert seen["cwd"] == str(workdir) and seen["marker"] == "job-1"
     assert seen["argv"][1:] == cmd[1:]
     assert seen["modules"]                               # transformers was already imported: it is the server's
+    assert not seen["lm_eval_index"]                     # lm-eval's task index only with --lm-eval
     supervisor = seen["ppid"]
     assert Path(f"/proc/{supervisor}/stat").read_text().split()[3] == str(proc.pid)
 
@@ -149,6 +153,37 @@ def test_the_server_exits_when_the_process_that_started_it_does(tmp_path):
         time.sleep(0.2)
     assert not Path(f"/proc/{pid}").exists(), "the warm worker outlived the process that started it"
     assert not sock.exists()
+
+
+def _start_server(tmp_path, env, *extra):
+    sock = tmp_path / "warm.sock"
+    env["RU_WARM_SOCKET"] = str(sock)
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([str(RU), "--serve", str(sock), "--parent", str(os.getpid()), *extra], env=env, stdout=log,
+                            stderr=log, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 300
+    while not sock.exists():
+        assert proc.poll() is None, (tmp_path / "server.log").read_text()
+        assert time.monotonic() < deadline, "the warm worker did not start listening"
+        time.sleep(0.1)
+    return proc
+
+
+def test_with_lm_eval_the_jobs_get_its_task_index_ready(tmp_path):
+    """`--lm-eval` (common.smk passes it when an evaluation uses mcq_lm_eval): the server builds lm-eval's index of
+    built-in tasks once (17-35 s on 2 cores), and every job forked from it has it; without the flag it does not."""
+    env = dict(os.environ)
+    proc = _start_server(tmp_path, env, "--lm-eval")
+    try:
+        cmd, job_env, workdir = _job(tmp_path, env)
+        res = subprocess.run(cmd, cwd=workdir, env=job_env, capture_output=True, text=True, timeout=120)
+        assert "fresh process" not in res.stderr, res.stderr
+        seen = json.loads((tmp_path / "seen.json").read_text())
+        assert seen["modules"] and seen["lm_eval_index"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 def test_variables_that_the_imports_set_do_not_turn_jobs_away(tmp_path):

@@ -325,6 +325,13 @@ def report_category(wildcards):
 _WARM = {}
 
 
+def uses_lm_eval():
+    """Whether an evaluation scores with lm-eval-harness (an ``mcq_lm_eval`` metric, clean or under attack)."""
+    sections = [config.get("evaluation") or {}]
+    sections.append(sections[0].get("under_attack") or {})
+    return any(str(m).split(":")[0] == "mcq_lm_eval" for sec in sections for m in (sec.get("metrics") or []))
+
+
 def start_warm_worker():
     import subprocess
     import tempfile
@@ -342,6 +349,8 @@ def start_warm_worker():
     env = {**os.environ, SOCKET_ENV: path}
     # its own session: Ctrl-C reaches each job once, through the job's `ru` (which forwards it)
     serve = [os.path.join(workflow.basedir, "workflow", "bin", "ru"), "--serve", path, "--parent", str(os.getpid())]
+    if uses_lm_eval():  # the server also loads lm-eval's task index, once instead of once per evaluation job
+        serve.append("--lm-eval")
     proc = subprocess.Popen(serve, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     log.close()
     os.environ[SOCKET_ENV] = path  # the jobs Snakemake starts from now on inherit it

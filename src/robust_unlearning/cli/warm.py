@@ -124,14 +124,30 @@ def _preload() -> None:
     from ..methods import loop  # noqa: F401
 
 
-def serve(path: str, parent: int) -> int:
+def _preload_lm_eval() -> None:
+    """lm-eval-harness and its index of built-in tasks (thousands of YAML files: 17-35 s of CPU on 2 cores, which every
+    evaluation job of a config with ``mcq_lm_eval`` metrics paid again); only for such configs (``--lm-eval``)."""
+    try:
+        from ..metrics.lm_eval_backend import LmEvalUnavailable, _builtin_task_manager
+    except ImportError:  # pragma: no cover - the module itself always imports
+        return
+    try:
+        _builtin_task_manager()
+    except LmEvalUnavailable:   # the jobs will say so themselves
+        pass
+
+
+def serve(path: str, parent: int, lm_eval: bool = False) -> int:
     """Listen on ``path`` until ``parent``, the process that started the server (Snakemake), exits or sends SIGTERM.
-    (``parent`` is given, not read: it may have exited before this process got here.)"""
+    (``parent`` is given, not read: it may have exited before this process got here.) ``lm_eval``: also load
+    lm-eval-harness and its task index, for configs whose evaluation uses it."""
     # the environment this process was started with is what a job's must equal: imports set variables of their
     # own (torch._dynamo sets TORCHINDUCTOR_CACHE_DIR when it loads), which a job's client, that imports neither,
     # never has; they are handed on to the jobs as a fresh process would set them (_become_job)
     started = dict(os.environ)
     _preload()
+    if lm_eval:
+        _preload_lm_eval()
     set_by_imports = {k: v for k, v in os.environ.items() if started.get(k) != v}
     import torch
 
@@ -273,10 +289,11 @@ def _become_job(request: dict, fds: list[int], set_by_imports: dict | None = Non
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--serve"]:
-        if len(argv) != 4 or argv[2] != "--parent" or not argv[3].isdigit():
-            print("usage: python -m robust_unlearning.cli.warm --serve SOCKET --parent PID", file=sys.stderr)
+        lm_eval = argv[4:] == ["--lm-eval"]
+        if len(argv) != (5 if lm_eval else 4) or argv[2] != "--parent" or not argv[3].isdigit():
+            print("usage: python -m robust_unlearning.cli.warm --serve SOCKET --parent PID [--lm-eval]", file=sys.stderr)
             return 2
-        return serve(argv[1], int(argv[3]))
+        return serve(argv[1], int(argv[3]), lm_eval=lm_eval)
     return client(argv)
 
 
