@@ -9,6 +9,7 @@ job run as one process.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -97,3 +98,25 @@ def test_ru_unlearn_and_relearn_as_two_processes_match_one(tmp_path, micro_model
     assert ft2["losses"] == pytest.approx(ft1["losses"], rel=1e-5)
     assert ft2["cost"]["processes"] == 2 and ft2["cost"]["grad_accum"] == 2 and ft2["cost"]["per_device_batch"] == 2
     assert torch.equal(torch.tensor(ft1["cost"]["effective_batch"]), torch.tensor(ft2["cost"]["effective_batch"]))
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_sharded_as_two_processes(tmp_path):
+    """The prepared GPU check's several-GPU case (docs/cluster.md, "The prepared GPU check"), on this CPU: two
+    processes, PRISM sharded with FSDP under gradient checkpointing, one summary written by process 0."""
+    from robust_unlearning.cli.launch import accelerate_argv
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run(accelerate_argv(2, [str(root / "workflow" / "scripts" / "gpu_check.py"), "--smoke",
+                                              "--methods", "NPO+GDR,PRISM", "--out", str(out)]),
+                          env=_env(PYTHONPATH=str(root / "src"), OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert summary["processes"] == 2 and summary["distributed"] == "fsdp" and summary["eval"] is None
+    assert [r["method"] for r in summary["train"]] == ["NPO+GDR", "PRISM"]     # no LoRA row with several
+    for r in summary["train"]:
+        assert r["processes"] == 2 and r["distributed"] == "fsdp" and r["s_per_step"] > 0 and r["peak_mem_mb"] > 0
+        assert math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"])
+    assert proc.stdout.count("| PRISM |") == 1                                 # one table, from process 0

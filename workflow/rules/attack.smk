@@ -33,7 +33,7 @@ rule attack_model:
     threads: 1
     resources:
         **model_job_resources("attack_model"),
-        gpu=1,
+        gpu=lambda wildcards: job_processes("attack_model", wildcards),
     # an unlearning run that diverged has nothing to attack: `ru attack` then writes attack.json alone (its
     # status) and the empty model folder only completes the job's outputs (the evaluation reads the status)
     shell:

@@ -78,7 +78,9 @@ def as_json(obj):
 _DROP = object()
 OPERATIONAL_KEYS = {
     "benchmark": {"cache_dir": None},
-    "unlearning.train": {"checkpoint_every": _DROP, "keep_checkpoint": _DROP, "progress": _DROP},
+    # num_processes / distributed: how many GPUs share a job, not what it computes (the same step to float rounding)
+    "unlearning.train": {"checkpoint_every": _DROP, "keep_checkpoint": _DROP, "progress": _DROP,
+                         "num_processes": _DROP, "distributed": _DROP},
     "evaluation": {"batch_size": _DROP, "progress": _DROP},
     "probe": {"feature_batch_size": _DROP},
 }
@@ -118,6 +120,16 @@ PROBE_JSON = as_json(config_section("probe"))
 # unlearning.train.dtype and evaluation.dtype). Not a param: model.dtype is tracked by cache_base_model (it writes
 # the base model in it), so changing it already reruns everything downstream of the base model.
 MODEL_DTYPE = config["model"]["dtype"]
+# unlearning.train.num_processes > 1: unlearn and relearning jobs run as that many processes, one GPU each
+# (docs/methods.md, "Several processes"); `ru unlearn` reads it from --train, the relearning attack from here
+TRAIN_PROCESSES = int(config_section("unlearning.train").get("num_processes") or 1)
+os.environ.update(RU_TRAIN_PROCESSES=str(TRAIN_PROCESSES),
+                  RU_DISTRIBUTED=str(config_section("unlearning.train").get("distributed") or "ddp"))
+
+
+def job_processes(rule, wildcards):
+    """Processes (= GPUs) of one job: TRAIN_PROCESSES for unlearn and relearning, 1 for everything else."""
+    return TRAIN_PROCESSES if rule == "unlearn" or (rule == "attack_model" and wildcards.attack == "relearn") else 1
 
 
 # ------------------------------------------------------------------------------------------------- resources
@@ -153,7 +165,8 @@ def job_estimate(rule, wildcards, threads=1):
 def model_job_resources(rule, gpu=True):
     """``resources:`` entries of a model-loading rule (``**model_job_resources("unlearn")``); ``gpu=False`` for
     rules that ask for no GPU (their device estimate is part of mem_mb)."""
-    res = {"mem_mb": lambda wildcards, threads: job_estimate(rule, wildcards, threads).mem_mb,
+    res = {"mem_mb": lambda wildcards, threads: (job_estimate(rule, wildcards, threads).mem_mb   # per process
+                                                 * job_processes(rule, wildcards)),
            "runtime": lambda wildcards, threads: job_estimate(rule, wildcards, threads).runtime}
     if gpu:
         res["gpu_mem_mb"] = lambda wildcards, threads: job_estimate(rule, wildcards, threads).gpu_mem_mb

@@ -24,7 +24,7 @@ rule unlearn:
     threads: 1
     resources:
         **model_job_resources("unlearn"),
-        gpu=1,
+        gpu=lambda wildcards: job_processes("unlearn", wildcards),
     shell:
         "{params.ru} unlearn --method {wildcards.method:q} --settings {params.settings:q} --train {TRAIN_JSON:q}"
         " --benchmark {BENCHMARK_JSON:q} --data {input.data:q} --model-dir {input.base:q} {params.probe}"

@@ -6,6 +6,18 @@ Run on a GPU machine with a stock PyTorch + transformers + accelerate + peft ins
     PYTHONPATH=src python workflow/scripts/gpu_check.py                 # 7B shape, bf16, ≤ 8 min on one H200
     PYTHONPATH=src python workflow/scripts/gpu_check.py --smoke         # same code, tiny shape, CPU, < 1 min
 
+Several GPUs for one model (docs/methods.md, "Several processes"): start it as N processes, one per GPU, and the
+training loop shards the model with FSDP (``--distributed ddp``: replicated), e.g. full-parameter PRISM on an
+8B shape over 2 GPUs::
+
+    PYTHONPATH=src python -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 \
+        --mixed_precision no --dynamo_backend no --main_process_port 0 workflow/scripts/gpu_check.py \
+        --shape ministral-8b --methods PRISM --no-lora
+
+(``torchrun --standalone --nproc_per_node 2 workflow/scripts/gpu_check.py …`` works as well.) Each process builds
+the model on its GPU and shards it; the table then gives s/step for the global batch, the peak memory of the
+fullest GPU and MFU per GPU; the evaluation part is skipped (evaluation runs one process per GPU).
+
 What it measures (one JSON summary, also printed as a table), with random weights built from a config on the
 device (the numbers depend on the shapes, not on the weights):
 
@@ -40,6 +52,9 @@ import torch
 SHAPES = {
     "llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                      num_key_value_heads=32, vocab_size=32000),
+    # the WMDP preset's Ministral-8B-Instruct-2410 as a Llama of the same shape (8.0 B parameters)
+    "ministral-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128, vocab_size=131072),
     "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=4, vocab_size=512),
 }
@@ -99,10 +114,17 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_mb(device: torch.device) -> float:
+def peak_mb(device: torch.device, group=None) -> float:
+    """Peak memory of this process's device; with several processes the largest over them (a collective)."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # process-wide high-water mark on CPU
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # process-wide high-water mark on CPU
+    if group is not None:
+        t = torch.tensor([peak], dtype=torch.float64, device=group.comm_device)
+        group.dist.all_reduce(t, op=group.dist.ReduceOp.MAX)
+        peak = float(t.item())
+    return peak
 
 
 def random_probe(model, layer: int):
@@ -114,13 +136,15 @@ def random_probe(model, layer: int):
     return probe, {"layer": layer, "in_dim": int(model.config.hidden_size), "pooling": "mean"}
 
 
-def train_check(label: str, model, args, device, lora: bool = False) -> dict:
+def train_check(label: str, model, args, device, lora: bool = False, group=None) -> dict:
     from robust_unlearning.methods import Trainer, TrainConfig, build_method
 
     name, params = METHODS[label]
     tcfg = {"steps": args.steps + 1, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "max_len": args.seq_len, "dtype": args.dtype, "gradient_checkpointing": True, "progress": False,
             "lr_schedule": "constant", "grad_clip": 1.0}
+    if group is not None:
+        tcfg["distributed"] = args.distributed
     if lora:
         tcfg["lora"] = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj",
                                                                                  "o_proj"]}
@@ -141,11 +165,13 @@ def train_check(label: str, model, args, device, lora: bool = False) -> dict:
     tokens = n * args.seq_len                     # forget tokens per optimizer step (= retain tokens)
     passes = FORWARD_BACKWARD_PASSES[name]
     flops = flops_per_token(model, args.seq_len) * tokens * passes
+    n_gpus = 1 if group is None else group.world
     out = {"method": label + (" + LoRA" if lora else ""), "s_per_step": s_per_step,
            "tokens_per_s": tokens * 2 / s_per_step,        # forget + retain tokens of the logical batch per second
-           "forget_tokens_per_s": tokens / s_per_step, "peak_mem_mb": peak_mb(device),
-           "tflops": flops / s_per_step / 1e12, "mfu": flops / s_per_step / (args.peak_tflops * 1e12),
-           "passes": passes, "loss": row.get("loss"), "grad_norm": row.get("grad_norm")}
+           "forget_tokens_per_s": tokens / s_per_step, "peak_mem_mb": peak_mb(device, group),
+           "tflops": flops / s_per_step / 1e12, "mfu": flops / s_per_step / (n_gpus * args.peak_tflops * 1e12),
+           "passes": passes, "loss": row.get("loss"), "grad_norm": row.get("grad_norm"),
+           "processes": n_gpus, "distributed": trainer.dist_mode}
     if lora:   # LoRA's backward skips the frozen weights' gradients: its MFU by 6·N overstates; report as is
         out["note"] = "MFU counts 6·N per token, which overstates LoRA's work (no weight gradients)"
     trainer.model = trainer.ref_model = trainer.optimizer = trainer._buffer = None
@@ -198,6 +224,10 @@ def main(argv=None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the device (H200: 989)")
     ap.add_argument("--methods", default="NPO+GDR,SAM+NPO,PRISM", help="comma-separated subset of the table")
     ap.add_argument("--no-lora", action="store_true", help="skip the PRISM + LoRA variant")
+    ap.add_argument("--shape", default=None, choices=[k for k in SHAPES if k != "smoke"],
+                    help="model shape (default llama-7b; --smoke: a tiny one)")
+    ap.add_argument("--distributed", default="fsdp", choices=["fsdp", "ddp"],
+                    help="under accelerate launch / torchrun with several processes: sharded or replicated")
     ap.add_argument("--out", default="results/gpu_check.json", help="JSON summary (written atomically)")
     args = ap.parse_args(argv)
     smoke = args.smoke
@@ -207,9 +237,15 @@ def main(argv=None) -> int:
             setattr(args, k, v)
     args.eval_batch, args.eval_reps = (2, 2) if smoke else (8, 3)
     args.prompt_len, args.new_tokens = (16, 8) if smoke else (512, 128)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu"))
+    from robust_unlearning.methods import distributed
+
+    group = distributed.init()      # None with one process; several: joined, this process's GPU taken
+    main_rank = group is None or group.is_main
+    say = print if main_rank else (lambda *a, **k: None)
+    device = group.device if group is not None else \
+        torch.device(args.device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu"))
     dtype = getattr(torch, args.dtype)
-    shape = "smoke" if smoke else "llama-7b"
+    shape = "smoke" if smoke else (args.shape or "llama-7b")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     t_start = time.perf_counter()
@@ -219,38 +255,52 @@ def main(argv=None) -> int:
                "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
                else platform.processor() or platform.machine(), "torch": torch.__version__,
                "batch": {"micro": args.batch_size, "grad_accum": args.grad_accum, "seq_len": args.seq_len},
-               "peak_tflops": args.peak_tflops, "gradient_checkpointing": True, "train": [], "eval": None}
+               "peak_tflops": args.peak_tflops, "gradient_checkpointing": True, "train": [], "eval": None,
+               "processes": 1 if group is None else group.world,
+               "distributed": None if group is None else args.distributed}
     import transformers
     summary["transformers"] = transformers.__version__
-    print(f"[gpu_check] {shape}: {n_params / 1e9:.2f} B params, {args.dtype} on {summary['device_name']}",
-          flush=True)
+    say(f"[gpu_check] {shape}: {n_params / 1e9:.2f} B params, {args.dtype} on {summary['device_name']}"
+        + (f" × {group.world} processes ({args.distributed})" if group is not None else ""), flush=True)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if smoke else None
     labels = [m.strip() for m in args.methods.split(",") if m.strip()]
-    runs = [(m, False) for m in labels] + ([] if args.no_lora else [("PRISM", True)])
+    # several processes: no LoRA row (it runs replicated, the one-GPU case) and a fresh model per method (FSDP
+    # shards the model it trains in place)
+    runs = [(m, False) for m in labels] + ([] if args.no_lora or group is not None else [("PRISM", True)])
     for label, lora in runs:
         if label not in METHODS:
             ap.error(f"--methods: unknown {label!r}; expected some of {sorted(METHODS)}")
         t0 = time.perf_counter()
+        if group is not None and summary["train"]:
+            model = None
+            reset_peak(device)
+            model = build_model(shape, dtype, device, args.seq_len)
         try:
-            res = train_check(label, model, args, device, lora=lora)
+            res = train_check(label, model, args, device, lora=lora, group=group)
         except torch.OutOfMemoryError as exc:   # a visible row, not a crash of the whole check
+            if group is not None:   # the other processes would wait for this one in the next collective
+                raise
             res = {"method": label + (" + LoRA" if lora else ""), "error": f"out of memory: {exc}".splitlines()[0]}
             reset_peak(device)
         res["wall_s"] = time.perf_counter() - t0
         summary["train"].append(res)
-        print(f"[gpu_check] {res['method']}: " + (res.get("error") or
+        say(f"[gpu_check] {res['method']}: " + (res.get("error") or
               f"{res['s_per_step']:.2f} s/step, {res['tokens_per_s']:.0f} tok/s, peak {res['peak_mem_mb']:.0f} MB, "
               f"MFU {res['mfu']:.1%}"), flush=True)
         if lora and hasattr(model, "unload"):      # peft wraps the model in place: take the adapters out again
             model = model.unload()
-    summary["eval"] = eval_check(model, args, device)
-    e = summary["eval"]
-    print(f"[gpu_check] eval: scoring {e['score_tokens_per_s']:.0f} tok/s, generation "
-          f"{e['generate_new_tokens_per_s']:.0f} new tok/s (batch {e['generate_batch']})", flush=True)
+    if group is None:
+        summary["eval"] = eval_check(model, args, device)
+        e = summary["eval"]
+        print(f"[gpu_check] eval: scoring {e['score_tokens_per_s']:.0f} tok/s, generation "
+              f"{e['generate_new_tokens_per_s']:.0f} new tok/s (batch {e['generate_batch']})", flush=True)
     summary["wall_s"] = time.perf_counter() - t_start
-    if init_state is not None:   # the smoke run also proves that the steps trained the model
+    if init_state is not None and group is None:   # the smoke run also proves that the steps trained the model
         summary["params_changed"] = any(not torch.equal(init_state[k], v) for k, v in model.state_dict().items()
                                         if k in init_state)
+    if not main_rank:
+        distributed.shutdown()
+        return 0
     print_table(summary)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -258,13 +308,18 @@ def main(argv=None) -> int:
     tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
     os.replace(tmp, out)
     print(f"[gpu_check] wrote {out} in {summary['wall_s']:.0f} s")
+    if group is not None:
+        distributed.shutdown()
     return 0 if all("error" not in r for r in summary["train"]) else 1
 
 
 def print_table(summary: dict) -> None:
     b = summary["batch"]
+    spread = (f", {summary['processes']} processes ({summary['distributed']}): peak memory of the fullest GPU, MFU "
+              "per GPU" if summary.get("processes", 1) > 1 else "")
     print(f"\n| method | s/step | tokens/s | peak memory (GiB) | MFU |  ({summary['shape']}, {summary['dtype']}, "
-          f"{b['micro']}×{b['grad_accum']}×{b['seq_len']}, checkpointing, peak {summary['peak_tflops']:.0f} TFLOP/s)")
+          f"{b['micro']}×{b['grad_accum']}×{b['seq_len']}, checkpointing, peak {summary['peak_tflops']:.0f} TFLOP/s"
+          f"{spread})")
     print("|---|---|---|---|---|")
     for r in summary["train"]:
         if "error" in r:
@@ -273,6 +328,8 @@ def print_table(summary: dict) -> None:
             print(f"| {r['method']} | {r['s_per_step']:.2f} | {r['tokens_per_s']:.0f} | {r['peak_mem_mb'] / 1024:.1f} "
                   f"| {r['mfu']:.1%} |")
     e = summary["eval"]
+    if e is None:
+        return
     print(f"\nevaluation: scoring {e['score_tokens_per_s']:.0f} tokens/s (batch {e['score_batch']} × "
           f"{e['score_len']}); greedy generation {e['generate_new_tokens_per_s']:.0f} new tokens/s "
           f"(batch {e['generate_batch']}, prompt {e['generate_prompt_len']}, {e['generate_new_tokens']} new)\n")
