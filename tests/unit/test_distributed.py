@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,22 @@ def _worker(base: Path, out: Path, ck_from_one: Path, ck_fsdp: Path) -> None:
     tr = _trainer(base, "sam_npo", {**TRAIN, "distributed": "fsdp"}, checkpoint_dir=ck_fsdp)
     tr.train_step(0)
     tr.save_checkpoint(1)
+    # a SIGTERM that reaches process 1 only, after step 1: both stop after that step, process 0 checkpoints
+    from robust_unlearning.methods import Preempted, loop
+
+    def term_on_rank1(trainer, steps_done):
+        if steps_done == 1 and group.rank == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+    tr = _trainer(base, "prism", {**TRAIN, "distributed": "fsdp"}, checkpoint_dir=ck_fsdp.parent / "ck_stop")
+    loop.STEP_HOOKS.append(term_on_rank1)
+    try:
+        tr.train()
+        results["stop"] = {"preempted": None}
+    except Preempted as exc:
+        results["stop"] = {"preempted": exc.step, "code": exc.code}
+    finally:
+        loop.STEP_HOOKS.remove(term_on_rank1)
     if group.is_main:
         torch.save(results, out)
     distributed.shutdown()
@@ -256,6 +273,21 @@ def test_checkpoints_resume_across_process_counts(runs):
     assert _max_abs(final, ref) < WEIGHT_TOL
     meta = json.loads((runs["ck_fsdp"] / "state" / "meta.json").read_text())
     assert meta["step"] == 1
+
+
+@pytest.mark.slow
+def test_a_signal_on_one_process_stops_all_after_the_same_step(runs):
+    """SIGTERM delivered to process 1 alone after step 1 (SLURM's and the launcher's signals arrive at slightly
+    different times): both processes stop after step 1 (exit 143), process 0 has written the checkpoint, and one
+    process resumes it to the model of an uninterrupted run."""
+    assert runs["two"]["stop"] == {"preempted": 1, "code": 143}
+    ck = runs["ck_fsdp"].parent / "ck_stop"
+    tr = _trainer(runs["base"], "prism", TRAIN, checkpoint_dir=ck)
+    assert tr.start_step == 1
+    res = tr.train()
+    assert res["resumed_from"] == 1 and res["steps_done"] == 2
+    final = {k: v.detach() for k, v in tr.finish().state_dict().items()}
+    assert _max_abs(final, runs["one"]["prism/ddp"]["final"]) < WEIGHT_TOL
 
 
 def test_one_process_asked_for_two_is_refused(micro_model, tiny_tokenizer, monkeypatch):
