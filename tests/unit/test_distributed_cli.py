@@ -1,5 +1,6 @@
 """`ru unlearn` and the relearning attack as several processes, the way the rules start them (docs/methods.md,
-"Several processes"; docs/cluster.md, "GPUs").
+"Several processes"; docs/cluster.md, "GPUs"). The one-process references run in this process, through the same
+library calls as `ru unlearn` / `ru attack`.
 
 With ``unlearning.train.num_processes: 2`` in ``--train`` (relearning: ``$RU_TRAIN_PROCESSES=2``, which the workflow
 sets from the same key) the job relaunches itself under ``accelerate launch`` (two processes, gloo on this CPU),
@@ -22,6 +23,8 @@ from safetensors.torch import load_file
 RU = str(Path(sys.executable).parent / "ru")
 LR = 1e-3
 WEIGHT_TOL = 1e-2 * LR   # weights after AdamW steps, in units of lr (see test_distributed.py)
+SETTINGS = {"lr": LR, "rho": 0.05}
+BENCHMARK = {"forget_source": "raw", "retain_source": "raw"}
 
 
 def _env(**extra):
@@ -49,8 +52,12 @@ def _max_abs(a: dict, b: dict) -> float:
 
 @pytest.mark.slow
 def test_ru_unlearn_and_relearn_as_two_processes_match_one(tmp_path, micro_model, tiny_tokenizer):
+    from robust_unlearning.attacks.relearn import Relearn
+    from robust_unlearning.data.formats import Benchmark
     from robust_unlearning.data.synthetic import generate_world
-    from robust_unlearning.models.io import save_model
+    from robust_unlearning.data.unlearning_sets import build_run_examples
+    from robust_unlearning.methods import run_unlearning
+    from robust_unlearning.models.io import load_model, load_tokenizer, save_model
 
     generate_world(tmp_path / "data", seed=0, size="tiny")
     base = tmp_path / "base"
@@ -58,14 +65,19 @@ def test_ru_unlearn_and_relearn_as_two_processes_match_one(tmp_path, micro_model
     train = {"steps": 2, "batch_size": 1, "grad_accum": 4, "max_len": 32, "progress": False}
 
     def unlearn(out: str, train_cfg: dict) -> list[str]:
-        return ["unlearn", "--method", "sam_npo", "--settings", json.dumps({"lr": LR, "rho": 0.05}),
-                "--train", json.dumps(train_cfg), "--benchmark", '{"forget_source": "raw", "retain_source": "raw"}',
+        return ["unlearn", "--method", "sam_npo", "--settings", json.dumps(SETTINGS),
+                "--train", json.dumps(train_cfg), "--benchmark", json.dumps(BENCHMARK),
                 "--data", str(tmp_path / "data"), "--model-dir", str(base), "--seed", "0",
                 "--out", str(tmp_path / out), "--checkpoint-dir", str(tmp_path / f"ck_{out}"), "--threads", "1"]
 
-    _ru(unlearn("one", train), tmp_path / "one.log")
+    # the one-process reference in this process, as cmd_unlearn runs it (a third `ru` start would cost ~10 s)
+    bench = Benchmark(tmp_path / "data")
+    model, tok = load_model(base), load_tokenizer(base)
+    forget, retain = build_run_examples(bench, tok, BENCHMARK, train["max_len"])
+    run_unlearning(model, tok, "sam_npo", SETTINGS, train, forget, retain, tmp_path / "one", 0,
+                   checkpoint_dir=tmp_path / "ck_one")
     log = _ru(unlearn("two", {**train, "num_processes": 2, "distributed": "fsdp"}), tmp_path / "two.log")
-    assert "ru: 2 processes:" in log and "accelerate.commands.launch" in log
+    assert "ru: 2 processes (fsdp): python -m accelerate.commands.launch --multi_gpu --num_processes 2" in log
     one, two = tmp_path / "one", tmp_path / "two"
     assert _max_abs(_weights(two / "model"), _weights(one / "model")) < WEIGHT_TOL
     rows1, rows2 = ([json.loads(x) for x in (d / "train_log.jsonl").read_text().splitlines()] for d in (one, two))
@@ -89,9 +101,10 @@ def test_ru_unlearn_and_relearn_as_two_processes_match_one(tmp_path, micro_model
                 "--model-dir", str(one / "model"), "--seed", "0", "--out", str(tmp_path / out),
                 "--checkpoint-dir", str(tmp_path / f"ck_{out}"), "--threads", "1", "--dtype", "float32"]
 
-    _ru(relearn("rl_one"), tmp_path / "rl_one.log")
+    Relearn.prepare(one / "model", bench, json.loads(settings), tmp_path / "rl_one", seed=0, device="cpu",
+                    checkpoint_dir=tmp_path / "ck_rl_one")
     log = _ru(relearn("rl_two"), tmp_path / "rl_two.log", RU_TRAIN_PROCESSES="2", RU_DISTRIBUTED="ddp")
-    assert "ru: 2 processes:" in log
+    assert "ru: 2 processes (ddp):" in log
     assert _max_abs(_weights(tmp_path / "rl_two" / "model"), _weights(tmp_path / "rl_one" / "model")) < WEIGHT_TOL
     a1, a2 = (json.loads((tmp_path / d / "attack.json").read_text()) for d in ("rl_one", "rl_two"))
     ft1, ft2 = a1["result"]["finetune"], a2["result"]["finetune"]
