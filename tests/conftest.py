@@ -37,7 +37,8 @@ torch.set_num_threads(1 if XDIST_WORKER else max(1, min(2, os.cpu_count() or 1))
 # the SIGTERM run), so that each run is made once, by one worker. Lane "seeded": the tests that make runs of their
 # own seeded with the reference's data and models (SLURM, keep-going, the SIGKILL run), SLURM first: its first tests
 # need no reference, so the cluster starts while the reference run is made. Lanes "unit" (tests/unit, integration,
-# e2e) and "checks" (tests/reliability): everything else, at a lower CPU priority, filling what the other two leave
+# e2e) and "checks" (tests/reliability, and first the dress rehearsal, tests/e2e/test_rehearsal.py): everything
+# else, at a lower CPU priority, filling what the other two leave
 # idle; two of them, so that when the pipeline lanes are done the remaining tests still use both cores. The
 # reference run is shared between workers through a file lock (``reference_run``). Without xdist the markers are
 # inert.
@@ -51,7 +52,11 @@ def _lane(item) -> str:
         return "seeded"
     if "reference_run" in names:
         return "pipeline"
-    return "checks" if item.nodeid.startswith("tests/reliability/") else "unit"
+    # the dress rehearsal (three preset pipelines on tiny models, minutes of CPU) starts the lighter niced lane,
+    # so that the many short unit tests, not it, fill the end of the session
+    if item.nodeid.startswith(("tests/reliability/", "tests/e2e/test_rehearsal.py")):
+        return "checks"
+    return "unit"
 
 
 def pytest_itemcollected(item):   # during collection, so that xdist's own modifyitems hook sees the marker
