@@ -126,6 +126,35 @@ def test_four_concurrent_jobs_on_two_devices(shim):
     assert waited, [p.read_text() for p in shim.glob("job*.err")]   # at least one found both devices busy
 
 
+def test_a_job_of_several_processes_leases_that_many_devices_at_once(shim):
+    """unlearning.train.num_processes = 2: the job gets two devices of its own (never shared with a running
+    job), a 1-device job waits for the pair to finish, and a job asking for more than exist fails naming why."""
+    # RU_TRAIN_PROCESSES: what the Snakemake driver exports from unlearning.train.num_processes
+    env = ru_env(shim, RU_GPU_DEVICES="0,1,2", LEASE_TEST_HOLD="1.5", RU_TRAIN_PROCESSES="2")
+    pair = [start_ru(shim, env, f"pair{i}") for i in range(2)]                   # `ru unlearn`: 2 processes
+    single = [subprocess.Popen([str(RU), "evaluate"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=open(shim / f"one{i}.err", "w")) for i in range(2)]
+    for p in pair + single:
+        assert p.wait(timeout=60) == 0
+    recs = records(shim)
+    assert len(recs) == 4
+    sets = [set(r["device"].split(",")) for r in recs]
+    assert sorted(len(x) for x in sets) == [1, 1, 2, 2]
+    for a, sa in zip(recs, sets):
+        for b, sb in zip(recs, sets):
+            if a is not b and a["start"] < b["end"] and b["start"] < a["end"]:
+                assert not (sa & sb), (a, b)          # overlapping jobs never share a device
+    too_many = subprocess.run([str(RU), "unlearn"], env={**env, "RU_GPU_LEASE_COUNT": "4"}, capture_output=True,
+                              text=True, timeout=60)
+    assert too_many.returncode == 2 and "needs 4 GPU(s)" in too_many.stderr and "lends 3" in too_many.stderr
+    from robust_unlearning.utils.gpu_lease import devices_needed
+    procs = {"RU_TRAIN_PROCESSES": "4"}
+    assert devices_needed(["unlearn", "--method", "npo"], procs) == 4
+    assert devices_needed(["attack", "--attack", "relearn", "--seed", "0"], procs) == 4
+    assert devices_needed(["attack", "--attack", "gcg"], procs) == 1
+    assert devices_needed(["evaluate"], procs) == 1 and devices_needed(["unlearn"], {}) == 1
+
+
 def test_a_killed_holder_frees_its_device(shim):
     env = ru_env(shim, RU_GPU_DEVICES="0", LEASE_TEST_HOLD="600")
     holder = start_ru(shim, env, "holder")

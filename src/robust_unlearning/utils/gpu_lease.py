@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 
 DEVICES_ENV = "RU_GPU_DEVICES"
+#: how many devices a job needs, when set; otherwise :func:`devices_needed`
+COUNT_ENV = "RU_GPU_LEASE_COUNT"
+#: unlearning.train.num_processes, exported by the Snakemake driver (workflow/rules/common.smk)
+PROCESSES_ENV = "RU_TRAIN_PROCESSES"
 DIR_ENV = "RU_GPU_LEASE_DIR"
 #: set by the local Snakemake driver (workflow/rules/common.smk): "on" = lease, "off" = never (cluster executors)
 LEASE_ENV = "RU_GPU_LEASE"
@@ -129,11 +133,24 @@ def acquire(devices: list[str], folder: Path, label: str = "", poll: float = 0.5
     The lock belongs to the open file description: it is released when the last descriptor of it is closed,
     i.e. when the process holding it (after exec, the job) ends. Waiters poll rather than block on one device's
     lock, so that a waiter takes whichever device frees first."""
+    devs, fds = acquire_many(devices, folder, 1, label=label, poll=poll, log=log)
+    return devs[0], fds[0]
+
+
+def acquire_many(devices: list[str], folder: Path, count: int, label: str = "", poll: float = 0.5,
+                 log=None) -> tuple[list[str], list[int]]:
+    """Lock ``count`` free devices at once (a job of several processes, one GPU each), waiting while fewer are
+    free; returns (device ids, locked descriptors). All or nothing: a partial set is released before waiting, so
+    two jobs that each hold part of what the other needs can never wait on each other forever."""
     if not devices:
         raise LeaseError("no GPU to lease (the device list is empty)")
+    if count < 1 or count > len(devices):
+        raise LeaseError(f"this job needs {count} GPU(s) (unlearning.train.num_processes) but this machine lends "
+                         f"{len(devices)} ({', '.join(devices)}); lower num_processes or run on a larger node")
     log = sys.stderr if log is None else log
     waiting_since = None
     while True:
+        got: list[tuple[str, int]] = []
         for dev in devices:
             fd = os.open(_lock_path(folder, dev), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -141,17 +158,26 @@ def acquire(devices: list[str], folder: Path, label: str = "", poll: float = 0.5
             except BlockingIOError:
                 os.close(fd)
                 continue
-            # who holds it, for the waiting line of the others (advisory: the lock is the flock, not this text)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} {label}".strip().encode() + b"\n", 0)
+            got.append((dev, fd))
+            if len(got) == count:
+                break
+        if len(got) == count:
+            for dev, fd in got:
+                # who holds it, for the waiting line of the others (advisory: the lock is the flock, not this text)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} {label}".strip().encode() + b"\n", 0)
+            names = ",".join(dev for dev, _ in got)
             if waiting_since is not None:
-                print(f"ru: GPU lease: got device {dev} after {time.monotonic() - waiting_since:.0f} s",
+                print(f"ru: GPU lease: got device{'s' if count > 1 else ''} {names} after {time.monotonic() - waiting_since:.0f} s",
                       file=log, flush=True)
-            return dev, fd
+            return [dev for dev, _ in got], [fd for _, fd in got]
+        for _, fd in got:  # not enough: give back what was taken, then wait
+            os.close(fd)
         if waiting_since is None:
             waiting_since = time.monotonic()
+            need = "one" if count == 1 else f"{count}"
             print(f"ru: GPU lease: all {len(devices)} GPU(s) are in use ({_holders(folder, devices)}); waiting for "
-                  f"one to be free (locks in {folder})", file=log, flush=True)
+                  f"{need} to be free (locks in {folder})", file=log, flush=True)
         time.sleep(poll)
 
 
@@ -174,6 +200,20 @@ def limit_snakemake_gpu_jobs(workflow, n: int) -> str | None:
     return f"GPU lease: {n} GPU(s) on this machine: at most {n} GPU jobs at once, one device each"
 
 
+def devices_needed(job_args: list[str], environ: dict | None = None) -> int:
+    """Devices one job needs: ``RU_GPU_LEASE_COUNT`` when set; else unlearning.train.num_processes
+    (``RU_TRAIN_PROCESSES``) for the jobs that run as that many processes (``ru unlearn`` and the relearning
+    attack, as the rules' ``gpu`` resource says), 1 for every other job."""
+    env = os.environ if environ is None else environ
+    if env.get(COUNT_ENV):
+        return int(env[COUNT_ENV])
+    words = [a for a in job_args if not a.startswith("-")]
+    relearn = any(a == "--attack" and b == "relearn" for a, b in zip(job_args, job_args[1:]))
+    if words[:1] == ["unlearn"] or (words[:1] == ["attack"] and relearn):
+        return int(env.get(PROCESSES_ENV) or 1)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if args == ["--count"]:  # for scripts: how many jobs can hold a GPU at once here (0: no lease)
@@ -187,16 +227,23 @@ def main(argv: list[str] | None = None) -> int:
     if devices:
         # `python -m robust_unlearning.cli.main unlearn ...` -> "robust_unlearning.cli.main unlearn"
         label = " ".join(cmd[2:4] if cmd[1:2] == ["-m"] else cmd[:2])
+        job_args = cmd[3:] if cmd[1:2] == ["-m"] else cmd[1:]
         try:
-            dev, fd = acquire(devices, lease_dir(), label=label)
+            count = devices_needed(job_args)
+        except ValueError:
+            print(f"ru: error: LeaseError: {COUNT_ENV} / {PROCESSES_ENV} must be whole numbers", file=sys.stderr)
+            return 2
+        try:
+            devs, fds = acquire_many(devices, lease_dir(), count, label=label)
         except LeaseError as exc:
             print(f"ru: error: LeaseError: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             return 130
-        os.set_inheritable(fd, True)  # the job keeps the lock: exec does not close an inheritable descriptor
-        os.environ["CUDA_VISIBLE_DEVICES"] = dev
-        print(f"ru: GPU lease: CUDA_VISIBLE_DEVICES={dev}", file=sys.stderr, flush=True)
+        for fd in fds:  # the job keeps the locks: exec does not close an inheritable descriptor
+            os.set_inheritable(fd, True)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devs)
+        print(f"ru: GPU lease: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)
     try:
         os.execvp(cmd[0], cmd)
     except OSError as exc:
