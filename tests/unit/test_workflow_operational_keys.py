@@ -1,4 +1,5 @@
-"""Operational keys (evaluation.batch_size, unlearning.train.checkpoint_every / progress / keep_checkpoint,
+"""Operational keys (evaluation.batch_size, unlearning.train.checkpoint_every / progress / keep_checkpoint /
+num_processes / distributed,
 benchmark.cache_dir, probe.feature_batch_size) do not change any job's tracked params, so editing them reruns
 nothing, while a real hyperparameter still reruns its jobs (workflow/rules/common.smk, OPERATIONAL_KEYS).
 
@@ -84,7 +85,8 @@ def test_operational_keys_rerun_nothing_and_hyperparameters_do(finished_tree):
 
     ops = yaml.safe_load(yaml.safe_dump(CONFIG))
     ops["evaluation"]["batch_size"] = 2
-    ops["unlearning"]["train"].update(checkpoint_every=1, progress=False, keep_checkpoint=True)
+    ops["unlearning"]["train"].update(checkpoint_every=1, progress=False, keep_checkpoint=True,
+                                      num_processes=2, distributed="fsdp")   # GPUs per job, not what it computes
     ops["benchmark"]["cache_dir"] = str(wd / "hf_cache")
     ops["probe"] = {"feature_batch_size": 2}   # no PRISM in this grid: no probe job, but the key must validate
     assert _planned(_snakemake(wd, ops, "-n")) == set()
