@@ -136,6 +136,8 @@ def test_mcq_lm_eval_under_a_zero_strength_attack_is_the_clean_number(world):
     assert [it["score"] for it in att_items] == [it["score"] for it in clean_items]
     assert [it["output"] for it in att_items] == ["ABCD"[int(it["output"])] for it in clean_items]
     assert att_items[0]["meta"]["scorer"].startswith("letter")
+    from robust_unlearning.metrics.lm_eval_backend import task_is_group
+    assert not task_is_group("ru_zero_biology", str(root / "tasks"))   # found in the local folder alone
     adv = tok("Orlinde heron glass", add_special_tokens=False)["input_ids"]
     _, moved = mcq_under_attack(model, tok, bench, cfg, ("forget",), insert_ids(tok, adv))
     assert [it["meta"]["logprobs"] for it in moved] != [it["meta"]["logprobs"] for it in att_items]
@@ -171,6 +173,9 @@ def test_lm_eval_groups_and_tasks_score_the_runs_own_rows(world):
     ours_bio = score_mcq(model, tok, rows, "letter", add_bos=False, batch_size=16, subject="biology", progress=False)
     assert bio["preds"] == [o["pred"] for o in ours_bio] and set(bio["tasks"]) == {"wmdp_bio"}
     assert bio["acc"] == pytest.approx(sum(o["pred"] == o["gold"] for o in ours_bio) / len(ours_bio))
+    # what an attack's scoring of mcq_lm_eval units reads: a group takes each row's subject, a task one description
+    from robust_unlearning.metrics.lm_eval_backend import task_is_group
+    assert task_is_group("mmlu") and not task_is_group("wmdp_bio")
 
 
 def test_a_group_needs_subjects_naming_its_tasks(world, tmp_path):

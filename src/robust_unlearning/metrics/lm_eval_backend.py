@@ -43,6 +43,18 @@ def cached_task_manager(include_path: str | None = None):
     return _harness()[2](include_path=include_path) if include_path else _builtin_task_manager()
 
 
+def task_is_group(task: str, include_path: str | None = None) -> bool:
+    """Whether lm-eval's ``task`` is a group / tag (``mmlu``: one leaf task per subject) rather than one task.
+    A task of ``include_path`` is looked up in that folder alone (indexing only it takes milliseconds, not the
+    seconds of the built-in index); any other in the built-in index, indexed once per process."""
+    entry = None
+    if include_path:
+        entry = _harness()[2](include_path=str(include_path), include_defaults=False).task_index.get(task)
+    if entry is None:
+        entry = cached_task_manager(None).task_index.get(task)
+    return entry is not None and getattr(entry.kind, "name", str(entry.kind)) in ("GROUP", "TAG")
+
+
 def _leaf_tasks(name: str, group_subtasks: dict) -> list[str]:
     """The tasks under ``name``, depth first in lm-eval's order (``mmlu`` → ``mmlu_stem`` → ``mmlu_anatomy`` …)."""
     if name not in group_subtasks:

@@ -203,12 +203,11 @@ def _lm_eval_under_attack(ctx: EvalContext, split: str, edit_context: ContextEdi
     task = (ctx.cfg.lm_eval_tasks or {}).get(split)
     if not task or ctx.cfg.lm_eval_data != "split":
         return {}, []
-    from .lm_eval_backend import cached_task_manager
+    from .lm_eval_backend import task_is_group
 
     # a group (mmlu) describes each row by its own subject; a single task (wmdp_bio) by one subject for all rows
     # (evaluation.mcq_subject, which the preset sets to the task's)
-    entry = cached_task_manager(ctx.cfg.lm_eval_include_path).task_index.get(task)
-    grouped = entry is not None and getattr(entry.kind, "name", str(entry.kind)) in ("GROUP", "TAG")
+    grouped = task_is_group(task, ctx.cfg.lm_eval_include_path)
     return _letter(ctx, split, edit_context, limit_key="mcq_lm_eval", row_subjects=grouped,
                    scorer="letter: lm-eval's prompt, scored by metrics/mcq.py under the attack")
 
