@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .models.presets import PRESETS
+
 # ------------------------------------------------------------------------------------------------- constants
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "float": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "half": 2,
                "float64": 8}
@@ -71,16 +73,9 @@ FALLBACK_CONFIG = {"model_type": "mistral", "vocab_size": 131072, "hidden_size":
                    "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
                    "tie_word_embeddings": False, "max_position_embeddings": 32768, "torch_dtype": "float32"}
 
-# model.preset of the train_tiny source (models/architectures.py builds these; a test keeps the two equal) and
+# model.preset of the train_tiny source (models/presets.py, torch-free; models/architectures.py builds them) and
 # the context length models/cache.py gives them (at least 512, more for a longer model.train.max_len)
-TINY_PRESETS = {
-    "tiny-llama": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                       intermediate_size=512),
-    "small-llama": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                        intermediate_size=1024),
-    "micro-llama": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                        intermediate_size=64),
-}
+TINY_PRESETS = PRESETS
 TINY_MAX_POSITIONS = 512
 TINY_SPECIAL_TOKENS = 64        # the trained tokenizer's vocabulary is model.vocab_size plus its special tokens
 

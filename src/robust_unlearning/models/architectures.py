@@ -4,17 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-PRESETS = {
-    # ~0.9M params at vocab 3000
-    "tiny-llama": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                       intermediate_size=512),
-    # ~5M params
-    "small-llama": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                        intermediate_size=1024),
-    # for unit tests only
-    "micro-llama": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                        intermediate_size=64),
-}
+from .presets import PRESETS  # noqa: F401  (re-export; the shapes are shared with the resource estimate)
 
 
 def build_llama(tokenizer, preset: str = "tiny-llama", seed: int = 0, max_position_embeddings: int = 512) -> LlamaForCausalLM:
