@@ -138,6 +138,11 @@ def test_mcq_lm_eval_under_a_zero_strength_attack_is_the_clean_number(world):
     assert att_items[0]["meta"]["scorer"].startswith("letter")
     from robust_unlearning.metrics.lm_eval_backend import task_is_group
     assert not task_is_group("ru_zero_biology", str(root / "tasks"))   # found in the local folder alone
+    # a local task is run from an index of its folder alone, never lm-eval's thousands of built-in tasks
+    from robust_unlearning.metrics.lm_eval_backend import task_manager_for
+    index = task_manager_for(["ru_zero_biology"], root / "tasks").task_index
+    assert "ru_zero_biology" in index and "mmlu" not in index and "wmdp_bio" not in index
+    assert "mmlu" in task_manager_for(["mmlu"], root / "tasks").task_index        # a built-in one: the built-in index
     adv = tok("Orlinde heron glass", add_special_tokens=False)["input_ids"]
     _, moved = mcq_under_attack(model, tok, bench, cfg, ("forget",), insert_ids(tok, adv))
     assert [it["meta"]["logprobs"] for it in moved] != [it["meta"]["logprobs"] for it in att_items]

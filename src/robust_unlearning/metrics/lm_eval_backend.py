@@ -43,16 +43,40 @@ def cached_task_manager(include_path: str | None = None):
     return _harness()[2](include_path=include_path) if include_path else _builtin_task_manager()
 
 
+def _local_task_manager(include_path: str):
+    """The tasks of ``include_path`` alone: indexing a local folder takes milliseconds, where the built-in index of
+    thousands of YAML files takes tens of seconds (per job, per lookup)."""
+    return _harness()[2](include_path=str(include_path), include_defaults=False)
+
+
+def _kind(entry) -> str:
+    return getattr(entry.kind, "name", str(entry.kind))
+
+
+def task_manager_for(tasks: Sequence[str], include_path: str | Path | None = None):
+    """The smallest task index that holds ``tasks``: the folder ``include_path`` alone when every task is a plain
+    task defined there; the built-in index (once per process) when none is; both together only when a local
+    group or tag may name built-in tasks, or the tasks come from both."""
+    if not include_path:
+        return cached_task_manager(None)
+    local = _local_task_manager(str(include_path))
+    entries = [local.task_index.get(t) for t in tasks]
+    if all(e is not None and _kind(e) == "TASK" for e in entries):
+        return local
+    if all(e is None for e in entries):
+        return cached_task_manager(None)
+    return cached_task_manager(str(include_path))
+
+
 def task_is_group(task: str, include_path: str | None = None) -> bool:
     """Whether lm-eval's ``task`` is a group / tag (``mmlu``: one leaf task per subject) rather than one task.
-    A task of ``include_path`` is looked up in that folder alone (indexing only it takes milliseconds, not the
-    seconds of the built-in index); any other in the built-in index, indexed once per process."""
+    A task of ``include_path`` is looked up in that folder alone; any other in the built-in index."""
     entry = None
     if include_path:
-        entry = _harness()[2](include_path=str(include_path), include_defaults=False).task_index.get(task)
+        entry = _local_task_manager(str(include_path)).task_index.get(task)
     if entry is None:
         entry = cached_task_manager(None).task_index.get(task)
-    return entry is not None and getattr(entry.kind, "name", str(entry.kind)) in ("GROUP", "TAG")
+    return entry is not None and _kind(entry) in ("GROUP", "TAG")
 
 
 def _leaf_tasks(name: str, group_subtasks: dict) -> list[str]:
@@ -75,7 +99,7 @@ def lm_eval_mcq(model, tokenizer, tasks: Sequence[str], include_path: str | Path
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
               add_bos_token=add_bos_token)
     if task_manager is None:
-        task_manager = cached_task_manager(str(include_path) if include_path else None)
+        task_manager = task_manager_for(tasks, include_path)
     out = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, log_samples=True,
                           task_manager=task_manager, bootstrap_iters=0)
     groups = out.get("group_subtasks", {}) or {}
@@ -130,7 +154,7 @@ def write_local_tasks(task: str, rows: Sequence[dict], out_dir: str | Path, task
     entry = index.get(task)
     if entry is None:
         raise ValueError(f"evaluation.lm_eval_tasks: unknown lm-eval task {task!r}")
-    kind = getattr(entry.kind, "name", str(entry.kind))
+    kind = _kind(entry)
     local = f"ru_local_{task}"
     if kind == "TASK" and entry.yaml_path is not None:
         data = out_dir / f"{local}.jsonl"
@@ -171,7 +195,7 @@ def lm_eval_on_rows(model, tokenizer, task: str, rows: Sequence[dict], *, batch_
     _, _, TaskManager = _harness()
     with tempfile.TemporaryDirectory(prefix="ru_lm_eval_") as tmp:
         extra = [str(include_path)] if include_path else []
-        name, order = write_local_tasks(task, rows, tmp, cached_task_manager(extra[0] if extra else None))
+        name, order = write_local_tasks(task, rows, tmp, task_manager_for([task], include_path))
         # our copies `include` lm-eval's files by absolute path: the built-in index is not needed a second time
         manager = TaskManager(include_path=[tmp] + extra, include_defaults=False)
         res = lm_eval_mcq(model, tokenizer, [name], batch_size=batch_size, add_bos_token=add_bos_token,
