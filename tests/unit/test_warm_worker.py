@@ -23,7 +23,9 @@ RU = ROOT / "workflow" / "bin" / "ru"
 PROBE = """
 import json, os, sys, time
 from pathlib import Path
+# the job's parent (the supervisor) and ITS parent, read while both are alive: the supervisor exits with the job
 Path(os.environ["PROBE_OUT"]).write_text(json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(),
+    "grandparent": int(Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[1]),
     "marker": os.environ.get("JOB_MARKER"), "argv": sys.argv, "modules": "transformers" in sys.modules,
     "var": os.environ.get(os.environ.get("PROBE_VAR", "")),
     "lm_eval_index": getattr(sys.modules.get("robust_unlearning.metrics.lm_eval_backend"), "_builtin_task_manager",
@@ -82,8 +84,7 @@ def test_a_job_runs_forked_from_the_server_with_its_own_cwd_env_output_and_exit_
     assert seen["argv"][1:] == cmd[1:]
     assert seen["modules"]                               # transformers was already imported: it is the server's
     assert not seen["lm_eval_index"]                     # lm-eval's task index only with --lm-eval
-    supervisor = seen["ppid"]
-    assert Path(f"/proc/{supervisor}/stat").read_text().split()[3] == str(proc.pid)
+    assert seen["grandparent"] == proc.pid               # job <- its supervisor <- the server
 
 
 def test_a_job_whose_import_time_environment_differs_runs_in_a_fresh_process(server, tmp_path):
