@@ -23,14 +23,15 @@ device (the numbers depend on the shapes, not on the weights):
 
 * NPO+GDR, SAM+NPO and PRISM through the project's own training loop (``methods.Trainer``) at the paper presets'
   micro-batch × accumulation × sequence length (``workflow/presets/muse_news.yaml``: 1 × 4 × 2048), in bf16 with
-  gradient checkpointing; and PRISM with LoRA (r 16 on the attention projections);
+  gradient checkpointing, in the presets' `logit` NPO form (a frozen reference copy, one reference forward per
+  step); and PRISM with LoRA (r 16 on the attention projections);
 * s/step, tokens/s, peak memory, and model FLOPs utilisation (MFU);
 * evaluation: teacher-forced scoring tokens/s and batched greedy generation tokens/s.
 
 MFU accounting (PaLM's): a forward+backward pass costs 6·N FLOPs per token plus 12·L·d·T for attention (included),
 N = non-embedding parameters; each method's step is counted as the forward+backward passes it makes (NPO+GDR: one
-forget and one retain pass; SAM+NPO and PRISM: one more forget pass). NPO's reference log-probabilities are cached
-once before training and not counted; activation recomputation under gradient checkpointing is not model FLOPs.
+forget and one retain pass; SAM+NPO and PRISM: one more forget pass), plus the logit form's reference forward on
+the forget batch (a third of a pass); activation recomputation under gradient checkpointing is not model FLOPs.
 The denominator is the accelerator's dense bf16 peak (``--peak-tflops``, default 989 = H200 SXM); say which when
 quoting. Only ``src/robust_unlearning/methods`` is imported from the project (no snakemake, jsonschema, lm-eval).
 """
@@ -58,13 +59,15 @@ SHAPES = {
     "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=4, vocab_size=512),
 }
-METHODS = {  # name in the table -> (registry name, params), the presets' settings (muse_news.yaml)
-    "NPO+GDR": ("npo", {"lr": 1e-5, "beta": 0.1, "retain_loss": "gdr", "lambda_r": 1.0}),
-    "SAM+NPO": ("sam_npo", {"lr": 1e-5, "beta": 0.1, "rho": 0.01, "retain_loss": "gdr", "lambda_r": 1.0}),
-    "PRISM": ("prism", {"lr": 1e-5, "beta": 0.1, "rho": 0.011, "gamma_max": 0.085, "retain_loss": "gdr",
-                        "lambda_f": 1.0, "lambda_r": 1.0}),
+METHODS = {  # name in the table -> (registry name, params), the presets' settings (muse_news.yaml), logit form included
+    "NPO+GDR": ("npo", {"lr": 1e-5, "beta": 0.1, "npo_form": "logit", "retain_loss": "gdr", "lambda_r": 1.0}),
+    "SAM+NPO": ("sam_npo", {"lr": 1e-5, "beta": 0.1, "npo_form": "logit", "rho": 0.01, "retain_loss": "gdr",
+                            "lambda_r": 1.0}),
+    "PRISM": ("prism", {"lr": 1e-5, "beta": 0.1, "npo_form": "logit", "rho": 0.011, "gamma_max": 0.085,
+                        "retain_loss": "gdr", "lambda_f": 1.0, "lambda_r": 1.0}),
 }
-FORWARD_BACKWARD_PASSES = {"npo": 2, "sam_npo": 3, "prism": 3}
+# policy forward+backward passes per step, plus the logit form's reference forward on the forget batch (1/3 of a pass)
+FORWARD_BACKWARD_PASSES = {"npo": 2 + 1 / 3, "sam_npo": 3 + 1 / 3, "prism": 3 + 1 / 3}
 
 
 def build_model(shape: str, dtype: torch.dtype, device: torch.device, seq_len: int):
