@@ -6,8 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
+# Offline by default: the embedded default, the tests and the rehearsal never touch the network. The targets that
+# must download (make preset, make slurm: the paper presets' models and data) run with the caller's own setting
+# instead (HUB_AS_CALLER below): online unless the caller's shell says HF_HUB_OFFLINE=1 (a local mirror or cache).
+CALLER_HF_HUB_OFFLINE := $(HF_HUB_OFFLINE)
+CALLER_HF_DATASETS_OFFLINE := $(HF_DATASETS_OFFLINE)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
+HUB_AS_CALLER := env HF_HUB_OFFLINE=$(or $(CALLER_HF_HUB_OFFLINE),0) HF_DATASETS_OFFLINE=$(or $(CALLER_HF_DATASETS_OFFLINE),$(CALLER_HF_HUB_OFFLINE),0)
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 # Bytecode is compiled when a module is first imported, not by pip at install: pip compiles every file of every
@@ -95,7 +101,7 @@ full-attacks: env-info
 preset: env-info
 	@test -n "$(PRESET)" || { echo "usage: make preset PRESET=<name of a file in workflow/presets/, without .yaml>"; exit 2; }
 	@test -f $(PRESET_FILE) || { echo "$(PRESET_FILE): no such preset; presets: $$(ls workflow/presets | sed 's/.yaml//' | tr '\n' ' ')"; exit 2; }
-	$(SNAKEMAKE) --configfile $(PRESET_FILE)
+	$(HUB_AS_CALLER) $(SNAKEMAKE) --configfile $(PRESET_FILE)
 
 # The dress rehearsal of the paper presets on CPU (docs/cluster.md, "Dress rehearsal on CPU"): each preset with the
 # overlay workflow/presets/rehearsal/<preset>.yaml laid over it (Snakemake merges the config files in order), its
@@ -120,7 +126,7 @@ rehearsal: env-info $(REHEARSAL_FIXTURES)/.built
 # Submits from this shell: the jobs inherit PATH with .venv/bin (docs/cluster.md, "SLURM").
 slurm: env-info
 	@test -z "$(PRESET)" || test -f $(PRESET_FILE) || { echo "$(PRESET_FILE): no such preset"; exit 2; }
-	$(BIN)/snakemake --workflow-profile workflow/profiles/slurm $(PROFILE_ARGS) $(SNAKE_ARGS) \
+	$(HUB_AS_CALLER) $(BIN)/snakemake --workflow-profile workflow/profiles/slurm $(PROFILE_ARGS) $(SNAKE_ARGS) \
 		$(if $(PRESET),--configfile $(PRESET_FILE))
 
 dryrun: setup
