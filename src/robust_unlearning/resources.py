@@ -16,8 +16,9 @@ Where the architecture comes from (:func:`find_architecture`), first hit wins:
 2. ``model.source: local``: ``<name_or_path>/config.json``;
 3. ``model.source: hub``: the local Hugging Face hub cache, in the hub's own layout
    (``huggingface_hub.try_to_load_from_cache``: a lookup on disk, never a download);
-4. ``model.source: train_tiny``: the tiny preset's shape (``model.preset``, ``model.vocab_size``);
-5. otherwise :data:`FALLBACK_CONFIG` (an 8B dense shape, the largest paper preset's), with a warning naming the
+4. ``model.source: gguf``: the GGUF file's header (models/gguf_header.py; the file is not loaded);
+5. ``model.source: train_tiny``: the tiny preset's shape (``model.preset``, ``model.vocab_size``);
+6. otherwise :data:`FALLBACK_CONFIG` (an 8B dense shape, the largest paper preset's), with a warning naming the
    model. Snakemake computes a job's resources again when the job becomes ready to run, by which time
    ``models/base`` exists, so the fallback only shows in dry runs made before the model is cached.
 """
@@ -252,6 +253,15 @@ def find_architecture(model_cfg: dict, bench_dir: str | os.PathLike | None = Non
             return Architecture.from_config(cfg, origin=str(path))
         except ResourceConfigError as exc:  # a config.json this module cannot read: the job is sized as the
             _warn(str(path), f"resources: {exc}; requests assume the fallback 8B shape")  # fallback, never fails
+            return Architecture.from_config(FALLBACK_CONFIG, origin="fallback")
+    if source == "gguf" and name:
+        from .models.gguf_header import gguf_config   # no torch: reads the file's header only
+
+        try:
+            cfg, path = gguf_config(name, model_cfg.get("gguf_file"))
+            return Architecture.from_config(cfg, origin=f"{path} (GGUF header)")
+        except (OSError, ValueError, ResourceConfigError) as exc:   # the conversion job reports a missing file
+            _warn(str(name), f"resources: {exc}; requests assume the fallback 8B shape")
             return Architecture.from_config(FALLBACK_CONFIG, origin="fallback")
     if source == "train_tiny":
         preset = model_cfg.get("preset", "tiny-llama")

