@@ -136,6 +136,31 @@ def test_attack_with_limits_which_attacks_a_grid_faces(base_config):
         validate_config(cfg)
 
 
+def test_attack_with_can_name_settings_of_an_attack(base_config):
+    cfg = copy.deepcopy(base_config)
+    cfg["attacks"]["relearn"].update(steps=[5, 20], fraction=[0.25, 1.0])
+    cfg["unlearning"]["methods"]["npo"] = [{"lr": [1e-3], "beta": [0.02]},
+                                           {"lr": [1e-3], "beta": [0.5], "attack_with": ["relearn:steps=20"]}]
+    cfg = validate_config(cfg)
+    runs = {r.params: r for r in unlearn_runs(cfg) if r.method == "npo"}
+    curve = [s.params for s in attack_settings(cfg) if s.attack == "relearn"]
+    assert sorted(curve) == ["fraction~0.25_steps~20", "fraction~0.25_steps~5", "fraction~1_steps~20",
+                             "fraction~1_steps~5"]
+    one = runs["beta~0.5_lr~1e-3"]
+    assert [p for p in curve if one.faces("relearn", p)] == [p for p in curve if p.endswith("steps~20")]
+    assert one.faces("relearn") and not one.faces("gcg")            # the attack itself, any setting
+    assert all(runs["beta~0.02_lr~1e-3"].faces("relearn", p) for p in curve)
+    sel = copy.deepcopy(cfg)
+    sel["unlearning"]["methods"]["npo"][1]["attack_with"] = ["relearn:steps=20,fraction=1"]
+    only = {r.params: r for r in unlearn_runs(validate_config(sel))}["beta~0.5_lr~1e-3"]
+    assert [p for p in curve if only.faces("relearn", p)] == ["fraction~1_steps~20"]
+    for bad, msg in ((["relearn:steps=7"], "selects no setting"), (["relearn:steps"], "key=value"),
+                     (["gcg:steps=20"], "not in attacks.enabled")):
+        sel["unlearning"]["methods"]["npo"][1]["attack_with"] = bad
+        with pytest.raises(ConfigValidationError, match=rf"unlearning\.methods\.npo\.attack_with.*{msg}"):
+            validate_config(sel)
+
+
 def test_under_attack_evaluation_overrides_are_validated(base_config):
     cfg = copy.deepcopy(base_config)
     cfg["evaluation"]["under_attack"] = {"metrics": ["mcq_cloze"]}

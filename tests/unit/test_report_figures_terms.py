@@ -70,3 +70,25 @@ def test_tradeoff_uses_retain_mcq_on_synthetic():
     assert F.utility_metric(df, df["metric"]) == "retain_mcq_acc"
     muse = df.assign(benchmark="muse_news")
     assert F.utility_metric(muse, muse["metric"]) == "retain_knowmem"
+
+
+def test_frontier_relearn_setting_is_the_one_every_configuration_faced():
+    """A study's lr-sweep points face one setting of the relearning curve (attack_with "relearn:steps=20,..."):
+    the trade-off figure must use that setting, not the curve's strongest one only three runs have."""
+    from robust_unlearning.report.tables import Cells
+
+    rows = []
+    def row(method, params, seed, attack, aparams, value):
+        rows.append({"benchmark": "synthetic", "method": method, "params": params, "seed": str(seed),
+                     "model_id": f"unlearn/{method}/{params}/seed~{seed}", "attack": attack,
+                     "attack_params": aparams, "metric": "forget_mcq_acc", "value": value, "status": "ok",
+                     "n_items": 10, "judge": "", "checkpoint": "-", "note": ""})
+    for seed in (0, 1):
+        for lr in ("5e-4", "1e-3", "2e-3"):
+            row("npo", f"lr~{lr}", seed, "relearn", "fraction~1_steps~20", 0.7)
+        for aparams in ("fraction~1_steps~5", "fraction~1_steps~50", "fraction~0.25_steps~50"):
+            row("npo", "lr~1e-3", seed, "relearn", aparams, 0.8)
+    assert F._strongest_relearn(Cells(pd.DataFrame(rows)), "forget_mcq_acc") == "fraction~1_steps~20"
+    # with equal coverage the most steps, then the largest subset, wins
+    same = [r for r in rows if r["params"] == "lr~1e-3"]
+    assert F._strongest_relearn(Cells(pd.DataFrame(same)), "forget_mcq_acc") == "fraction~1_steps~50"

@@ -181,16 +181,16 @@ def run_dir(model_id):
     return f"{B}/{model_id}"
 
 
-def attacked_model_ids(targets, attack):
+def attacked_model_ids(targets, attack, aparams=None):
     """Model ids selected by a target list ("unlearned", "base", "retrain" or method names), keeping only the
-    runs whose grid lets them face ``attack`` (``attack_with``)."""
+    runs whose grid lets them face ``attack`` at setting ``aparams`` (``attack_with``)."""
     targets = set(targets)
     ids = []
     if "base" in targets:
         ids.append("models/base")
     if "retrain" in targets and has_retrain(config):
         ids.append("models/retrain")
-    ids += [r.model_id for r in RUNS if ("unlearned" in targets or r.method in targets) and r.faces(attack)]
+    ids += [r.model_id for r in RUNS if ("unlearned" in targets or r.method in targets) and r.faces(attack, aparams)]
     return ids
 
 
@@ -204,7 +204,7 @@ def expected_cells():
     """Every (model id, attack, params) the grid asks for: the aggregate marks absent ones as missing."""
     cells = [[m, "none", "default"] for m in clean_eval_ids()]
     for a in ATTACKS:
-        cells += [[m, a.attack, a.params] for m in attacked_model_ids(a.targets, a.attack)]
+        cells += [[m, a.attack, a.params] for m in attacked_model_ids(a.targets, a.attack, a.params)]
     return cells
 
 

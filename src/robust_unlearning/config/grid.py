@@ -87,16 +87,49 @@ def expand(spec: dict | list, where: str) -> list[tuple[dict, dict]]:
 ATTACK_WITH = "attack_with"  # reserved key of a method grid: which attacks its runs face (default: all)
 
 
+def split_attack_with(entry: str) -> tuple[str, dict[str, str]]:
+    """``"relearn"`` → ``("relearn", {})`` (every setting); ``"relearn:steps=20,fraction=1.0"`` → the attack and
+    the axis values a setting must have to be faced (docs/architecture.md, "The grid")."""
+    name, _, sel = str(entry).partition(":")
+    wanted = {}
+    for item in filter(None, (x.strip() for x in sel.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ValueError(f"{entry!r}: expected attack or attack:key=value[,key=value...]")
+        wanted[key.strip()] = value.strip()
+    return name.strip(), wanted
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a.replace("_", "-") == b.replace("_", "-")
+
+
+def selects(wanted: dict[str, str], attack_params: str) -> bool:
+    """Whether an attack setting (its folder name) has every axis value of ``wanted`` (numbers compared as numbers)."""
+    have = parse_param_string(attack_params)
+    return all(k in have and _same(have[k], v) for k, v in wanted.items())
+
+
 @dataclass(frozen=True)
 class UnlearnRun:
     method: str
     params: str                     # folder name (axes only)
     seed: int
     settings: dict = field(hash=False, compare=False, default_factory=dict)  # axes + fixed
-    attack_with: tuple | None = None  # None = every enabled attack
+    attack_with: tuple | None = None  # None = every enabled attack; entries "attack" or "attack:key=value,..."
 
-    def faces(self, attack: str) -> bool:
-        return self.attack_with is None or attack in self.attack_with
+    def faces(self, attack: str, attack_params: str | None = None) -> bool:
+        """Whether this run faces ``attack`` (at the setting ``attack_params``, when given)."""
+        if self.attack_with is None:
+            return True
+        for entry in self.attack_with:
+            name, wanted = split_attack_with(entry)
+            if name == attack and (attack_params is None or selects(wanted, attack_params)):
+                return True
+        return False
 
     @property
     def model_id(self) -> str:

@@ -142,7 +142,7 @@ def validate_config_cached(config: dict, cache_dir: str | Path, schema_path: str
 
 
 def _validate_semantics(cfg: dict) -> None:
-    from .grid import attack_settings, unlearn_runs
+    from .grid import attack_settings, selects, split_attack_with, unlearn_runs
 
     try:
         runs = unlearn_runs(cfg)
@@ -191,10 +191,17 @@ def _validate_semantics(cfg: dict) -> None:
             raise ConfigValidationError(f"config key 'attacks.{name}': settings given for an attack that is not "
                                         "in attacks.enabled")
     for run in runs:
+        where = f"config key 'unlearning.methods.{run.method}.attack_with'"
         for a in run.attack_with or ():
-            if a not in enabled:
-                raise ConfigValidationError(f"config key 'unlearning.methods.{run.method}.attack_with': {a!r} is not "
-                                            "in attacks.enabled")
+            try:
+                name, wanted = split_attack_with(a)
+            except ValueError as exc:
+                raise ConfigValidationError(f"{where}: {exc}") from None
+            if name not in enabled:
+                raise ConfigValidationError(f"{where}: {name!r} is not in attacks.enabled")
+            if wanted and not any(s.attack == name and selects(wanted, s.params) for s in settings):
+                raise ConfigValidationError(f"{where}: {a!r} selects no setting of attacks.{name} (its settings: "
+                                            f"{[s.params for s in settings if s.attack == name]})")
     for s in settings:
         cls = get_attack(s.attack)
         _check(lambda: cls.Config.from_dict(dict(s.settings)), f"attacks.{s.attack}")

@@ -182,13 +182,16 @@ def utility_metric(df: pd.DataFrame, present: Iterable[str]) -> str | None:
 
 
 def _strongest_relearn(cells: Cells, metric: str) -> str | None:
-    """The relearning setting with the most steps (ties: the largest subset), or None."""
+    """The relearning setting that the most configurations faced (a study may give its lr-sweep points one
+    setting of the curve: ``attack_with: ["relearn:steps=20,fraction=1"]``), then the one with the most steps,
+    then the largest subset; None without relearning."""
     sub = cells.df[(cells.df["attack"] == "relearn") & (cells.df["metric"] == metric)]
+    coverage = sub.drop_duplicates(["method", "params", "setting"]).groupby("setting").size()
     best = None
     for s in set(sub["setting"]):
         d = parse_params(s)
         try:
-            key = (float(d.get("steps", 0)), float(d.get("fraction", d.get("n", 0))))
+            key = (int(coverage.get(s, 0)), float(d.get("steps", 0)), float(d.get("fraction", d.get("n", 0))))
         except ValueError:
             continue
         if best is None or key > best[0]:
