@@ -4,7 +4,7 @@
 :func:`gguf_config` reads the file's metadata (the key/value section and the tensor names, not the tensors) into a
 transformers-style config dict, so that the resource planner (resources.find_architecture) sizes a GGUF model's
 jobs before the model is converted, instead of assuming the 8B fallback shape. Format: the GGUF specification
-(github.com/ggml-org/ggml, docs/gguf.md), versions 2 and 3, little-endian.
+of the ggml project (github.com/ggml-org/ggml), versions 2 and 3, little-endian.
 """
 from __future__ import annotations
 
