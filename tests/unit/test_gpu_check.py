@@ -70,3 +70,21 @@ def test_gpu_check_flops_accounting():
     assert mod.n_nonembedding(model) == n
     assert mod.flops_per_token(model, 64) == 6 * n + 12 * L * d * 64
     assert sum(p.numel() for p in model.parameters()) == n + 2 * V * d
+
+
+def test_gpu_check_methods_are_the_muse_news_preset_settings():
+    """gpu_check.py keeps its own copy of the preset's method settings (it runs without Snakemake): the copy must
+    say what workflow/presets/muse_news.yaml says, so that a change of the preset shows here."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    preset = yaml.safe_load((ROOT / "workflow" / "presets" / "muse_news.yaml").read_text())["unlearning"]["methods"]
+    for label, (name, params) in mod.METHODS.items():
+        grid = preset[name]
+        assert not isinstance(grid, list), f"{name}: the check assumes one grid per method"
+        flat = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in grid.items()}
+        assert params == flat, f"{label}: gpu_check.METHODS {params} != muse_news.yaml {flat}"
