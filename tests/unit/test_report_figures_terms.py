@@ -92,3 +92,33 @@ def test_frontier_relearn_setting_is_the_one_every_configuration_faced():
     # with equal coverage the most steps, then the largest subset, wins
     same = [r for r in rows if r["params"] == "lr~1e-3"]
     assert F._strongest_relearn(Cells(pd.DataFrame(same)), "forget_mcq_acc") == "fraction~1_steps~50"
+
+
+def test_relearning_curves_leave_out_single_point_configurations(monkeypatch, tmp_path):
+    """Configurations that faced one relearning point (a study's lr-sweep points) are not drawn as two-point
+    'curves' beside the real curves; every panel's lines reach the legend."""
+    from robust_unlearning.report.tables import Cells
+
+    rows = []
+
+    def row(method, params, seed, attack, aparams, value):
+        rows.append({"benchmark": "synthetic", "method": method, "params": params, "seed": str(seed),
+                     "model_id": f"unlearn/{method}/{params}/seed~{seed}", "attack": attack,
+                     "attack_params": aparams, "metric": "forget_mcq_acc", "value": value, "status": "ok",
+                     "n_items": 10, "judge": "", "checkpoint": "-", "note": ""})
+    for seed in (0, 1):
+        for method in ("npo", "prism"):
+            row(method, "lr~1e-3", seed, "none", "default", 0.5)
+            for steps in (5, 20, 50):
+                row(method, "lr~1e-3", seed, "relearn", f"fraction~1_steps~{steps}", 0.6 + steps / 100)
+        row("npo", "lr~2e-3", seed, "none", "default", 0.4)
+        row("npo", "lr~2e-3", seed, "relearn", "fraction~1_steps~20", 0.7)
+    figs = []
+    monkeypatch.setattr(F, "_save", lambda fig, out_dir, name: figs.append(fig) or [tmp_path / name])
+    F.relearning_curves(Cells(pd.DataFrame(rows)), tmp_path)
+    labels = [line.get_label() for line in figs[0].axes[0].get_lines()]
+    assert len(labels) == 2 and not any("2e-3" in label for label in labels)
+    # a grid where every configuration has one point still gets its (two-point) lines
+    single = [r for r in rows if r["attack"] == "none" or r["attack_params"] == "fraction~1_steps~20"]
+    F.relearning_curves(Cells(pd.DataFrame(single)), tmp_path)
+    assert len(figs[1].axes[0].get_lines()) == 3

@@ -125,7 +125,9 @@ def _mlabel(metric: str) -> str:
 # ------------------------------------------------------------------------------------------- figures
 def relearning_curves(cells: Cells, out_dir: Path, styles=None) -> list[Path]:
     """The primary forget metric vs relearning steps (0 = clean), one panel per relearning subset (fraction or
-    other non-step parameters), one line per configuration with its 95 % seed band."""
+    other non-step parameters), one line per configuration with its 95 % seed band. Where some configurations
+    have a curve (two or more relearning points in the panel), those that faced a single point (a study's
+    lr-sweep points and ablations, ``attack_with: ["relearn:steps=20"]``) are left out: they are in tradeoff.png."""
     sub = cells.df[cells.df["attack"] == "relearn"]
     settings = [s for s in settings_order(cells.df, "relearn") if "steps" in parse_params(s)]
     metric = primary_forget_metric(cells.df, set(sub["metric"]) - {"asr"})
@@ -142,16 +144,22 @@ def relearning_curves(cells: Cells, out_dir: Path, styles=None) -> list[Path]:
         groups.setdefault(", ".join(f"{k}={v}" for k, v in sorted(d.items())), []).append((steps, s))
     fig, axes = plt.subplots(1, len(groups), figsize=(4.4 * len(groups), 3.4), squeeze=False, sharey=True)
     for ax, (gname, pts) in zip(axes[0], sorted(groups.items())):
+        lines = {}
         for c in configs:
             xs, ys, hs = [], [], []
             clean = cells.cells.get((*c, NONE_ATTACK, DEFAULT_PARAMS, metric))
             if clean is not None and clean["n"]:
                 xs.append(0.0), ys.append(clean["mean"]), hs.append(_half_ci(clean))
+            n_attacked = 0
             for steps, s in sorted(pts):
                 cell = cells.cells.get((*c, "relearn", s, metric))
                 if cell is not None and cell["n"]:
                     xs.append(steps), ys.append(cell["mean"]), hs.append(_half_ci(cell))
-            if len(xs) < 1 or (len(xs) == 1 and xs[0] == 0.0):
+                    n_attacked += 1
+            lines[c] = (xs, ys, hs, n_attacked)
+        most = max((v[3] for v in lines.values()), default=0)
+        for c, (xs, ys, hs, n_attacked) in lines.items():
+            if n_attacked == 0 or (most >= 2 and n_attacked < 2):
                 continue
             color, marker = styles[c]
             xs, ys, hs = np.array(xs), np.array(ys), np.array(hs)
@@ -162,7 +170,11 @@ def relearning_curves(cells: Cells, out_dir: Path, styles=None) -> list[Path]:
         ax.set_title(f"relearn on {gname}" if gname else "relearning", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{_mlabel(metric)} (forget; higher = knowledge recovered)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles, labels = [], []
+    for ax in axes[0]:                      # every panel's lines, once each
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h), labels.append(label)
     if handles:
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
     fig.tight_layout()
