@@ -122,3 +122,33 @@ def test_relearning_curves_leave_out_single_point_configurations(monkeypatch, tm
     single = [r for r in rows if r["attack"] == "none" or r["attack_params"] == "fraction~1_steps~20"]
     F.relearning_curves(Cells(pd.DataFrame(single)), tmp_path)
     assert len(figs[1].axes[0].get_lines()) == 3
+
+
+def test_prism_ablation_bars_show_the_primary_numbers_not_an_empty_score(monkeypatch, tmp_path):
+    """A study without VerbMem has no Unlearn Score: the bars are clean forget / retain MCQ and forget MCQ after
+    the relearning setting every PRISM setting faced, not an empty US axis."""
+    from robust_unlearning.report.tables import Cells
+
+    rows = []
+
+    def row(params, seed, attack, aparams, metric, value):
+        rows.append({"benchmark": "synthetic", "method": "prism", "params": params, "seed": str(seed),
+                     "model_id": f"unlearn/prism/{params}/seed~{seed}", "attack": attack, "attack_params": aparams,
+                     "metric": metric, "value": value, "status": "ok", "n_items": 10, "judge": "",
+                     "checkpoint": "-", "note": ""})
+    for seed in (0, 1):
+        for params in (PRISM_FULL, PRISM_NOPROBE):
+            row(params, seed, "none", "default", "forget_mcq_acc", 0.5)
+            row(params, seed, "none", "default", "retain_mcq_acc", 0.7)
+            row(params, seed, "none", "default", "US", math.nan)
+            row(params, seed, "relearn", "fraction~1_steps~20", "forget_mcq_acc", 0.8)
+        row(PRISM_FULL, seed, "relearn", "fraction~1_steps~50", "forget_mcq_acc", 0.9)   # the full method only
+    figs = []
+    monkeypatch.setattr(F, "_save", lambda fig, out_dir, name: figs.append(fig) or [tmp_path / name])
+    F.prism_ablation_bars(Cells(pd.DataFrame(rows)), tmp_path)
+    labels = [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()]
+    assert labels == ["MCQ_f clean ↓", "MCQ_r clean ↑", "MCQ_f after relearn steps=20 frac=1 ↓"]
+    heights = sorted(round(p.get_height(), 3) for p in figs[0].axes[0].patches)
+    assert heights == [0.5, 0.5, 0.7, 0.7, 0.8, 0.8]
+    nothing = [dict(r, value=math.nan) for r in rows]
+    assert F.prism_ablation_bars(Cells(pd.DataFrame(nothing)), tmp_path) == [] and len(figs) == 1

@@ -193,11 +193,13 @@ def utility_metric(df: pd.DataFrame, present: Iterable[str]) -> str | None:
     return next((m for m in order if m in present), None)
 
 
-def _strongest_relearn(cells: Cells, metric: str) -> str | None:
+def _strongest_relearn(cells: Cells, metric: str, method: str | None = None) -> str | None:
     """The relearning setting that the most configurations faced (a study may give its lr-sweep points one
     setting of the curve: ``attack_with: ["relearn:steps=20,fraction=1"]``), then the one with the most steps,
     then the largest subset; None without relearning."""
     sub = cells.df[(cells.df["attack"] == "relearn") & (cells.df["metric"] == metric)]
+    if method is not None:            # the configurations of one method only
+        sub = sub[sub["method"] == method]
     coverage = sub.drop_duplicates(["method", "params", "setting"]).groupby("setting").size()
     best = None
     for s in set(sub["setting"]):
@@ -307,31 +309,47 @@ def attack_heatmaps(cells: Cells, out_dir: Path) -> list[Path]:
 
 
 def prism_ablation_bars(cells: Cells, out_dir: Path) -> list[Path]:
-    """Grouped bars of US and its components per PRISM hyperparameter setting."""
+    """Grouped bars per PRISM setting (full method, ablations, lr points): the benchmark's primary numbers, i.e.
+    clean forget metric, clean utility and the forget metric after the relearning setting every setting faced,
+    with 95 % seed intervals; the Unlearn Score and its components where those primary numbers are absent."""
     df = cells.df
-    sub = df[(df["method"] == "prism") & (df["attack"] == NONE_ATTACK) & df["metric"].isin(US_METRICS)]
-    configs = config_order(sub)
-    metrics = [m for m in US_METRICS if m in set(sub["metric"])]
-    if not configs or not metrics:
-        log.info("figure prism_ablation skipped: no PRISM Unlearn Score results")
+    prism = df[df["method"] == "prism"]
+    clean = prism[prism["attack"] == NONE_ATTACK]
+    present = set(clean["metric"])
+    fx, uy = primary_forget_metric(df, present), utility_metric(df, present)
+    bars: list[tuple[str, str, str, str]] = []     # (attack, setting, metric, label)
+    if fx is not None and uy is not None:
+        bars = [(NONE_ATTACK, DEFAULT_PARAMS, fx, f"{_mlabel(fx)} clean ↓"),
+                (NONE_ATTACK, DEFAULT_PARAMS, uy, f"{_mlabel(uy)} clean ↑")]
+        relearn = _strongest_relearn(cells, fx, method="prism")
+        if relearn is not None:
+            bars.append(("relearn", relearn, fx, f"{_mlabel(fx)} after {setting_label('relearn', relearn)} ↓"))
+    else:
+        bars = [(NONE_ATTACK, DEFAULT_PARAMS, m, _mlabel(m)) for m in US_METRICS if m in present]
+    configs = config_order(clean)
+
+    def cell(c, attack, setting, metric):
+        x = cells.cells.get((*c, attack, setting, metric))
+        return x if x is not None and x["n"] and np.isfinite(x["mean"]) else None
+
+    bars = [b for b in bars if any(cell(c, *b[:3]) for c in configs)]
+    if not configs or not bars:
+        log.info("figure prism_ablation skipped: no PRISM result with a finite primary metric or Unlearn Score")
         return []
     names = configuration_names(configs)
-    labels = [names[c] for c in configs]
-    width = 0.8 / len(metrics)
+    width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(configs), 3.4))
-    for k, metric in enumerate(metrics):
-        means, stds = [], []
-        for c in configs:
-            cell = cells.cells.get((*c, NONE_ATTACK, DEFAULT_PARAMS, metric))
-            means.append(cell["mean"] if cell is not None and cell["n"] else np.nan)
-            stds.append(_nan0(cell["std"]) if cell is not None and cell["n"] else 0.0)
-        xs = np.arange(len(configs)) + (k - (len(metrics) - 1) / 2) * width
-        ax.bar(xs, means, width, yerr=stds if any(stds) else None, capsize=2, label=_mlabel(metric))
-    ax.set_xticks(range(len(configs)), labels, rotation=30, ha="right", fontsize=7)
+    for k, (attack, setting, metric, label) in enumerate(bars):
+        found = [cell(c, attack, setting, metric) for c in configs]
+        means = [x["mean"] if x else np.nan for x in found]
+        errs = [_half_ci(x) if x else 0.0 for x in found]
+        xs = np.arange(len(configs)) + (k - (len(bars) - 1) / 2) * width
+        ax.bar(xs, means, width, yerr=errs if any(errs) else None, capsize=2, label=label)
+    ax.set_xticks(range(len(configs)), [names[c] for c in configs], rotation=30, ha="right", fontsize=7)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score (clean)")
-    ax.set_title("PRISM ablations", fontsize=9, pad=18)
-    ax.legend(fontsize=7, frameon=False, ncol=len(metrics), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.set_ylabel("accuracy / score (95 % seed interval)")
+    ax.set_title("PRISM and its ablations", fontsize=9, pad=18)
+    ax.legend(fontsize=7, frameon=False, ncol=len(bars), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, out_dir, "prism_ablation")
