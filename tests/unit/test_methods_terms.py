@@ -170,3 +170,29 @@ def test_run_json_cost_has_the_term_means(micro_model, tiny_tokenizer, data):
     assert cost["sam_loss_gain"] == pytest.approx(sum(r["sam_loss_gain"] for r in res["log"]) / len(res["log"]))
     assert 0.0 <= cost["gcd_removed_fraction"] <= 1.0
     assert cost["passes_per_step"]["probe_backward"] == 1.0
+
+
+def test_config_default_probe_term_moves_the_update(micro_model, tiny_tokenizer, data, capsys):
+    """config.yaml's PRISM (absolute γ_max 0.5, the calibration sweep's choice; docs/findings.md, "Calibrating ρ
+    and γ"): at the end of the schedule the probe term is a small share of a still-large NPO gradient, yet it moves
+    the AdamW update (Adam rescales every coordinate) by at least MIN_SHARE, several times the paper's 0.05."""
+    from pathlib import Path
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "config.yaml").read_text())
+    full = cfg["unlearning"]["methods"]["prism"][0]
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in full.items() if k not in ("lr", "attack_with")}
+    assert params.get("gamma_mode", "absolute") == "absolute" and params["gamma_max"] > 0
+    forget, retain = data
+    upd, row = _update(micro_model, tiny_tokenizer, params, forget, retain)
+    upd0, _ = _update(micro_model, tiny_tokenizer, {**params, "gamma_max": 0.0}, forget, retain)
+    upd_paper, row_paper = _update(micro_model, tiny_tokenizer, {**params, "gamma_max": 0.05}, forget, retain)
+    moved = global_norm([a - b for a, b in zip(upd, upd0)]) / global_norm(upd0)
+    moved_paper = global_norm([a - b for a, b in zip(upd_paper, upd0)]) / global_norm(upd0)
+    with capsys.disabled():
+        print(f"\n[prism terms, micro model] config.yaml γ_max={params['gamma_max']}: probe_grad_ratio="
+              f"{row['probe_grad_ratio']:.3g}, AdamW update differs from γ=0 by {moved:.3f} "
+              f"(γ_max 0.05: ratio {row_paper['probe_grad_ratio']:.3g}, update {moved_paper:.3f})")
+    assert row["probe_grad_ratio"] == pytest.approx(10 * row_paper["probe_grad_ratio"], rel=1e-4)   # γ is linear
+    assert moved >= MIN_SHARE and moved > 2 * moved_paper
