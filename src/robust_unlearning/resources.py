@@ -260,7 +260,7 @@ def find_architecture(model_cfg: dict, bench_dir: str | os.PathLike | None = Non
         try:
             cfg, path = gguf_config(name, model_cfg.get("gguf_file"))
             return Architecture.from_config(cfg, origin=f"{path} (GGUF header)")
-        except (OSError, ValueError, ResourceConfigError) as exc:   # the conversion job reports a missing file
+        except (OSError, ValueError) as exc:   # unreadable header, bad shape; the conversion job reports a missing file
             _warn(str(name), f"resources: {exc}; requests assume the fallback 8B shape")
             return Architecture.from_config(FALLBACK_CONFIG, origin="fallback")
     if source == "train_tiny":

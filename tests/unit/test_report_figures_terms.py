@@ -72,17 +72,30 @@ def test_tradeoff_uses_retain_mcq_on_synthetic():
     assert F.utility_metric(muse, muse["metric"]) == "retain_knowmem"
 
 
+def _row(method, params, seed, attack, aparams, value, metric="forget_mcq_acc"):
+    """One tidy metrics.csv row of an unlearned run."""
+    return {"benchmark": "synthetic", "method": method, "params": params, "seed": str(seed),
+            "model_id": f"unlearn/{method}/{params}/seed~{seed}", "attack": attack, "attack_params": aparams,
+            "metric": metric, "value": value, "status": "ok", "n_items": 10, "judge": "", "checkpoint": "-",
+            "note": ""}
+
+
+@pytest.fixture()
+def saved_figures(monkeypatch, tmp_path):
+    """The matplotlib figures the figure functions would write (``_save`` captured, nothing written)."""
+    figs = []
+    monkeypatch.setattr(F, "_save", lambda fig, out_dir, name: figs.append(fig) or [tmp_path / name])
+    return figs
+
+
 def test_frontier_relearn_setting_is_the_one_every_configuration_faced():
     """A study's lr-sweep points face one setting of the relearning curve (attack_with "relearn:steps=20,..."):
     the trade-off figure must use that setting, not the curve's strongest one only three runs have."""
     from robust_unlearning.report.tables import Cells
 
     rows = []
-    def row(method, params, seed, attack, aparams, value):
-        rows.append({"benchmark": "synthetic", "method": method, "params": params, "seed": str(seed),
-                     "model_id": f"unlearn/{method}/{params}/seed~{seed}", "attack": attack,
-                     "attack_params": aparams, "metric": "forget_mcq_acc", "value": value, "status": "ok",
-                     "n_items": 10, "judge": "", "checkpoint": "-", "note": ""})
+    def row(*args):
+        rows.append(_row(*args))
     for seed in (0, 1):
         for lr in ("5e-4", "1e-3", "2e-3"):
             row("npo", f"lr~{lr}", seed, "relearn", "fraction~1_steps~20", 0.7)
@@ -94,18 +107,15 @@ def test_frontier_relearn_setting_is_the_one_every_configuration_faced():
     assert F._strongest_relearn(Cells(pd.DataFrame(same)), "forget_mcq_acc") == "fraction~1_steps~50"
 
 
-def test_relearning_curves_leave_out_single_point_configurations(monkeypatch, tmp_path):
+def test_relearning_curves_leave_out_single_point_configurations(saved_figures, tmp_path):
     """Configurations that faced one relearning point (a study's lr-sweep points) are not drawn as two-point
     'curves' beside the real curves; every panel's lines reach the legend."""
     from robust_unlearning.report.tables import Cells
 
     rows = []
 
-    def row(method, params, seed, attack, aparams, value):
-        rows.append({"benchmark": "synthetic", "method": method, "params": params, "seed": str(seed),
-                     "model_id": f"unlearn/{method}/{params}/seed~{seed}", "attack": attack,
-                     "attack_params": aparams, "metric": "forget_mcq_acc", "value": value, "status": "ok",
-                     "n_items": 10, "judge": "", "checkpoint": "-", "note": ""})
+    def row(*args):
+        rows.append(_row(*args))
     for seed in (0, 1):
         for method in ("npo", "prism"):
             row(method, "lr~1e-3", seed, "none", "default", 0.5)
@@ -113,8 +123,7 @@ def test_relearning_curves_leave_out_single_point_configurations(monkeypatch, tm
                 row(method, "lr~1e-3", seed, "relearn", f"fraction~1_steps~{steps}", 0.6 + steps / 100)
         row("npo", "lr~2e-3", seed, "none", "default", 0.4)
         row("npo", "lr~2e-3", seed, "relearn", "fraction~1_steps~20", 0.7)
-    figs = []
-    monkeypatch.setattr(F, "_save", lambda fig, out_dir, name: figs.append(fig) or [tmp_path / name])
+    figs = saved_figures
     F.relearning_curves(Cells(pd.DataFrame(rows)), tmp_path)
     labels = [line.get_label() for line in figs[0].axes[0].get_lines()]
     assert len(labels) == 2 and not any("2e-3" in label for label in labels)
@@ -124,7 +133,7 @@ def test_relearning_curves_leave_out_single_point_configurations(monkeypatch, tm
     assert len(figs[1].axes[0].get_lines()) == 3
 
 
-def test_prism_ablation_bars_show_the_primary_numbers_not_an_empty_score(monkeypatch, tmp_path):
+def test_prism_ablation_bars_show_the_primary_numbers_not_an_empty_score(saved_figures, tmp_path):
     """A study without VerbMem has no Unlearn Score: the bars are clean forget / retain MCQ and forget MCQ after
     the relearning setting every PRISM setting faced, not an empty US axis."""
     from robust_unlearning.report.tables import Cells
@@ -132,10 +141,7 @@ def test_prism_ablation_bars_show_the_primary_numbers_not_an_empty_score(monkeyp
     rows = []
 
     def row(params, seed, attack, aparams, metric, value):
-        rows.append({"benchmark": "synthetic", "method": "prism", "params": params, "seed": str(seed),
-                     "model_id": f"unlearn/prism/{params}/seed~{seed}", "attack": attack, "attack_params": aparams,
-                     "metric": metric, "value": value, "status": "ok", "n_items": 10, "judge": "",
-                     "checkpoint": "-", "note": ""})
+        rows.append(_row("prism", params, seed, attack, aparams, value, metric))
     for seed in (0, 1):
         for params in (PRISM_FULL, PRISM_NOPROBE):
             row(params, seed, "none", "default", "forget_mcq_acc", 0.5)
@@ -143,8 +149,7 @@ def test_prism_ablation_bars_show_the_primary_numbers_not_an_empty_score(monkeyp
             row(params, seed, "none", "default", "US", math.nan)
             row(params, seed, "relearn", "fraction~1_steps~20", "forget_mcq_acc", 0.8)
         row(PRISM_FULL, seed, "relearn", "fraction~1_steps~50", "forget_mcq_acc", 0.9)   # the full method only
-    figs = []
-    monkeypatch.setattr(F, "_save", lambda fig, out_dir, name: figs.append(fig) or [tmp_path / name])
+    figs = saved_figures
     F.prism_ablation_bars(Cells(pd.DataFrame(rows)), tmp_path)
     labels = [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()]
     assert labels == ["MCQ_f clean ↓", "MCQ_r clean ↑", "MCQ_f after relearn steps=20 frac=1 ↓"]

@@ -83,19 +83,19 @@ class _Reader:
             raise ValueError(f"implausible GGUF string length {n}")
         return self.fh.read(n).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, keep: bool):
-        """The value (or its length, for an array not kept: arrays such as the token list are skipped)."""
+    def value(self, vtype: int):
+        """The value; an array (such as the token list) is skipped and comes back as its length."""
         if vtype in _SCALAR:
             return self.unpack(_SCALAR[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
             etype, n = self.unpack("<I"), self.unpack("<Q")
-            if etype in _SCALAR and not keep:
+            if etype in _SCALAR:
                 self.fh.seek(n * struct.calcsize(_SCALAR[etype]), 1)
             else:
                 for _ in range(n):
-                    self.value(etype, False)
+                    self.value(etype)
             return n
         raise ValueError(f"unknown GGUF value type {vtype}")
 
@@ -113,7 +113,7 @@ def read_gguf_header(path: str | Path) -> tuple[dict, list[str]]:
         meta = {}
         for _ in range(n_kv):
             key = r.string()
-            meta[key] = r.value(r.unpack("<I"), False)
+            meta[key] = r.value(r.unpack("<I"))
         names = []
         for _ in range(n_tensors):
             names.append(r.string())

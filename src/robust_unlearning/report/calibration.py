@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from robust_unlearning.report.common import as_number, parse_params, readable_label
+from robust_unlearning.config.grid import selects
+from robust_unlearning.report.common import readable_label
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,6 @@ class Choice:
     paired: dict | None = None        # the candidate − paper-closest row of paired.csv, when there is one
 
 
-def _same_values(params: str, wanted: dict[str, str]) -> bool:
-    have = parse_params(params)
-    return all(k in have and as_number(have[k]) == as_number(v) for k, v in wanted.items())
-
-
 def _mean(intervals: pd.DataFrame, method: str, params: str | None, metric: str, attack: str,
           attack_params: str) -> float:
     sel = (intervals["method"] == method) & (intervals["metric"] == metric) & (intervals["attack"] == attack) \
@@ -77,7 +73,7 @@ def choose_setting(intervals: pd.DataFrame, paired: pd.DataFrame, method: str, p
     settings = list(dict.fromkeys(intervals.loc[intervals["method"] == method, "params"]))
     if not settings:
         raise ValueError(f"no setting of method {method!r} in the intervals table")
-    matches = [p for p in settings if _same_values(p, paper_closest)]
+    matches = [p for p in settings if selects(paper_closest, p)]
     if len(matches) != 1:
         raise ValueError(f"{method}: the paper-closest setting {paper_closest} matches {len(matches)} settings "
                          f"({matches or 'none'}) of {settings}")

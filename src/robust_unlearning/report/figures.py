@@ -181,10 +181,6 @@ def relearning_curves(cells: Cells, out_dir: Path, styles=None) -> list[Path]:
     return _save(fig, out_dir, "relearning_curves")
 
 
-def _nan0(x: float) -> float:
-    return 0.0 if x is None or not math.isfinite(x) else float(x)
-
-
 def utility_metric(df: pd.DataFrame, present: Iterable[str]) -> str | None:
     """The utility axis: retain MCQ (synthetic), KnowMem_r (MUSE), general MCQ (WMDP)."""
     present = set(present)
@@ -317,8 +313,7 @@ def prism_ablation_bars(cells: Cells, out_dir: Path) -> list[Path]:
     clean = prism[prism["attack"] == NONE_ATTACK]
     present = set(clean["metric"])
     fx, uy = primary_forget_metric(df, present), utility_metric(df, present)
-    bars: list[tuple[str, str, str, str]] = []     # (attack, setting, metric, label)
-    if fx is not None and uy is not None:
+    if fx is not None and uy is not None:          # bars: (attack, setting, metric, label)
         bars = [(NONE_ATTACK, DEFAULT_PARAMS, fx, f"{_mlabel(fx)} clean ↓"),
                 (NONE_ATTACK, DEFAULT_PARAMS, uy, f"{_mlabel(uy)} clean ↑")]
         relearn = _strongest_relearn(cells, fx, method="prism")
